@@ -1,0 +1,219 @@
+"""The bundle manifest: the contract between ``rlp-export`` and the runtime.
+
+A bundle is a folder holding ``manifest.json`` and the model files it lists.
+:func:`load_bundle_manifest` checks the schema version and the size and sha256
+of every listed file *before* any model is parsed, and refuses paths that
+resolve outside the bundle (``..``, absolute paths, symlinks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import EX_IOERR, BadInput, InputMissing, RlpError, SecurityRefusal
+from .geometry import WindowGeometry
+from .preprocess import Preprocessing
+
+SCHEMA = "rlp.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+REBUILD = "rebuild the bundle with rlp-export"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list  # ints or a string for a dynamic axis ("batch")
+    dtype: str = "float32"
+
+
+@dataclass
+class ModelEntry:
+    """One ONNX model of a bundle.
+
+    ``role``: ``"g"`` (reconstruction: inpainted input -> image) or ``"r"``
+    (predictor: model input -> predicted window loss). ``input_kind`` says what
+    the model reads: ``"crop"`` (the context crop around the box, the box
+    painted with ``fill``) or ``"image"`` (the whole inpainted slice).
+    """
+
+    role: str
+    file: str
+    sha256: str
+    size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    precision: str = "fp32"  # "fp32" | "fp16"
+    io_dtype: str = "float32"  # dtype of the graph's inputs and outputs
+    input_kind: str = "crop"
+    architecture: dict = field(default_factory=dict)
+    target_transform: str = "identity"  # how the predictor's output maps to an L1 loss
+    # ONNX external-data files of this model (bundle-relative), each {"file", "sha256", "size"}.
+    # Verified like the model file; the runtime refuses external data not listed here.
+    external_data: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelEntry":
+        d = dict(d)
+        d["inputs"] = [TensorSpec(**t) for t in d.get("inputs", [])]
+        d["outputs"] = [TensorSpec(**t) for t in d.get("outputs", [])]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class EngineEntry:
+    """A TensorRT plan built for one GPU (compute capability) and TensorRT version."""
+
+    model: str  # key of the ONNX model it was built from
+    file: str
+    sha256: str
+    size: int
+    precision: str
+    tensorrt_version: str
+    compute_capability: str
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 256
+
+
+@dataclass
+class Manifest:
+    preprocessing: Preprocessing
+    geometry: WindowGeometry
+    models: dict[str, ModelEntry]
+    loss: dict = field(default_factory=lambda: {"kind": "l1", "region": "window"})
+    training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)
+    engines: list[EngineEntry] = field(default_factory=list)
+    rlp_version: str = ""
+    created: str = ""
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "schema_version": self.schema_version,
+            "rlp_version": self.rlp_version,
+            "created": self.created,
+            "preprocessing": self.preprocessing.to_dict(),
+            "geometry": self.geometry.to_dict(),
+            "loss": self.loss,
+            "models": {k: asdict(v) for k, v in self.models.items()},
+            "engines": [asdict(e) for e in self.engines],
+            "training": self.training,
+            "data": self.data,
+            "parity": self.parity,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, path=None) -> "Manifest":
+        if d.get("schema") != SCHEMA:
+            raise BadInput(f"not an rlp bundle manifest (schema {d.get('schema')!r}); {REBUILD}", path)
+        ver = d.get("schema_version")
+        if ver != SCHEMA_VERSION:
+            raise BadInput(f"manifest schema version {ver!r} is not supported by this rlp "
+                           f"(reads version {SCHEMA_VERSION}); {REBUILD} or upgrade rlp", path)
+        try:
+            return cls(
+                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                geometry=WindowGeometry.from_dict(d["geometry"]),
+                models={k: ModelEntry.from_dict(v) for k, v in d["models"].items()},
+                loss=d.get("loss", {}),
+                training=d.get("training", {}),
+                data=d.get("data", {}),
+                parity=d.get("parity", {}),
+                engines=[EngineEntry(**e) for e in d.get("engines", [])],
+                rlp_version=d.get("rlp_version", ""),
+                created=d.get("created", ""),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(f"malformed manifest ({type(exc).__name__}: {exc}); {REBUILD}", path) from None
+
+
+def resolve_inside(bundle: Path, rel: str, what: str = "file") -> Path:
+    """``bundle / rel``, refusing anything that leaves the bundle or is a link."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
+        raise SecurityRefusal(f"{what} path {rel!r} must be relative to the bundle", bundle)
+    parts = Path(rel).parts
+    if any(p in ("..", "") for p in parts):
+        raise SecurityRefusal(f"{what} path {rel!r} leaves the bundle", bundle)
+    root = bundle.resolve()
+    p = bundle / rel
+    cur = bundle
+    for part in parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise SecurityRefusal(f"{what} {rel!r} is a symbolic link; refused", bundle)
+    try:
+        real = p.resolve(strict=False)
+    except OSError as exc:
+        raise SecurityRefusal(f"cannot resolve {what} {rel!r} ({exc})", bundle) from None
+    if root not in real.parents and real != root:
+        raise SecurityRefusal(f"{what} {rel!r} resolves outside the bundle", bundle)
+    if p.exists() and p.is_file() and os.stat(p).st_nlink > 1:
+        raise SecurityRefusal(f"{what} {rel!r} is a hard link; refused", bundle)
+    return p
+
+
+def verify_file(bundle: Path, rel: str, sha256: str, size: int | None) -> Path:
+    p = resolve_inside(bundle, rel)
+    if not p.is_file():
+        raise InputMissing(f"bundle file {rel} is missing; {REBUILD}", bundle)
+    if size is not None and p.stat().st_size != int(size):
+        raise SecurityRefusal(f"{rel} has {p.stat().st_size} bytes, the manifest says {size}; {REBUILD}", bundle)
+    got = sha256_file(p)
+    if got != sha256:
+        raise SecurityRefusal(f"{rel} sha256 {got[:12]}... does not match the manifest ({sha256[:12]}...); {REBUILD}", bundle)
+    return p
+
+
+def load_bundle_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Read ``manifest.json`` and (by default) verify every listed file's size and hash."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise InputMissing("bundle folder not found", bundle)
+    mpath = resolve_inside(bundle, MANIFEST, "manifest")
+    if not mpath.is_file():
+        raise InputMissing(f"no {MANIFEST}; is this an rlp bundle? {REBUILD}", bundle)
+    try:
+        d = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"manifest is not valid JSON ({exc}); {REBUILD}", mpath) from None
+    except OSError as exc:
+        raise RlpError(f"cannot read the manifest ({exc.strerror or exc})", mpath, EX_IOERR) from None
+    if not isinstance(d, dict):
+        raise BadInput(f"manifest is not a JSON object; {REBUILD}", mpath)
+    man = Manifest.from_dict(d, mpath)
+    if verify:
+        for m in man.models.values():
+            verify_file(bundle, m.file, m.sha256, m.size)
+            for x in m.external_data:
+                if not isinstance(x, dict) or not {"file", "sha256"} <= set(x):
+                    raise BadInput(f"malformed external_data entry {x!r}; {REBUILD}", mpath)
+                verify_file(bundle, x["file"], x["sha256"], x.get("size"))
+        for e in man.engines:
+            verify_file(bundle, e.file, e.sha256, e.size)
+    return man
+
+
+def file_entry_fields(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}

@@ -1,0 +1,34 @@
+"""Rich progress bars on stderr; ``quiet`` turns them into a no-op."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+stderr_console = Console(file=sys.stderr)
+
+
+class _Silent:
+    def add_task(self, *a, **k):
+        return 0
+
+    def advance(self, *a, **k):
+        pass
+
+    def update(self, *a, **k):
+        pass
+
+
+@contextlib.contextmanager
+def progress(quiet: bool = False, extra: str | None = None):
+    if quiet:
+        yield _Silent()
+        return
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    if extra:
+        cols.append(TextColumn(extra))
+    with Progress(*cols, console=Console(file=sys.stderr), transient=False) as bar:
+        yield bar

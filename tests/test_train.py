@@ -1,0 +1,169 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import run_cli  # noqa: E402
+from rlp.runtime.errors import RlpError  # noqa: E402
+from rlp.train import models  # noqa: E402
+from rlp.train.augment import crops_and_inpaint  # noqa: E402
+from rlp.train.checkpoint import load_checkpoint  # noqa: E402
+from rlp.train.config import resolve  # noqa: E402
+from rlp.train.data import SliceData  # noqa: E402
+from rlp.train.loop import make_geometry, train_gan  # noqa: E402
+
+
+def test_a_few_steps_lower_the_inpainting_loss(mni_tiny):
+    torch.manual_seed(0)
+    d = SliceData(mni_tiny)
+    geom = make_geometry(resolve("tiny", None, {}), d.size)
+    imgs = torch.from_numpy(d.images[d.indices("train")[:16]]).unsqueeze(1)
+    boxes = torch.full((16, 2), d.size // 2 - geom.window // 2)
+    inp, orig, mask = crops_and_inpaint(imgs, boxes, geom)
+    g = models.UNetG(width=8, depth=2, max_width=16)
+    opt = torch.optim.Adam(g.parameters(), 2e-3)
+
+    def box_l1():
+        return ((g(inp) - orig).abs() * mask).sum() / mask.sum()
+
+    first = float(box_l1().detach())
+    for _ in range(60):
+        opt.zero_grad()
+        loss = box_l1()
+        loss.backward()
+        opt.step()
+    assert float(box_l1().detach()) < 0.5 * first
+
+
+def test_crops_match_the_runtime_contract(mni_tiny):
+    """Training's torch crops equal the runtime's numpy crops (no train/deploy drift)."""
+    d = SliceData(mni_tiny)
+    geom = make_geometry(resolve("tiny", None, {}), d.size)
+    img = d.images[d.indices("val")[0]]
+    boxes = geom.window_boxes()[[0, 5, -1]]
+    inp, orig, _ = crops_and_inpaint(torch.from_numpy(np.stack([img] * 3)).unsqueeze(1), torch.from_numpy(boxes), geom)
+    padded = geom.pad(img)
+    np.testing.assert_array_equal(inp.numpy(), geom.crops(padded, boxes, inpaint=True))
+    np.testing.assert_array_equal(orig.numpy(), geom.crops(padded, boxes, inpaint=False))
+
+
+def test_tiny_run_writes_the_run_folder(tiny_run):
+    for f in ("config.json", "metrics.jsonl", "heldout.npz", "checkpoints/gan_best.pt", "checkpoints/gan_last.pt",
+              "checkpoints/predictor_best.pt", "checkpoints/predictor_last.pt"):
+        assert (tiny_run / f).is_file(), f
+    assert list((tiny_run / "samples").glob("*.png"))
+    recs = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_l1" in r for r in recs) and any("val_mae" in r for r in recs)
+    r = load_checkpoint(tiny_run / "checkpoints" / "predictor_best.pt")
+    assert r["stage"] == "predictor" and r["metrics"]["val_mae"] >= 0 and "val_spearman" in r["metrics"]
+    with np.load(tiny_run / "heldout.npz", allow_pickle=False) as h:
+        assert h["images"].shape[1:] == (32, 32) and h["brains"].dtype == bool
+
+
+def _weights(path):
+    st = load_checkpoint(path)
+    return st["step"], {k: v for m in st["models"].values() for k, v in m.items()}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mni_tiny):
+    args = ["--preset", "tiny", "--data", str(mni_tiny), "--gan-steps", "30", "--adv", "0.01", "--quiet", "--threads", "1"]
+    ref = tmp_path / "ref"
+    r = run_cli(["-m", "rlp.train.cli", "gan", "--run", str(ref), *args])
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "rlp.train.cli", "gan", "--run", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "gan_last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at, _ = _weights(last)
+    r = run_cli(["-m", "rlp.train.cli", "gan", "--run", str(run), "--resume", *args])
+    assert r.returncode == 0, r.stderr
+    s1, w1 = _weights(ref / "checkpoints" / "gan_last.pt")
+    s2, w2 = _weights(last)
+    assert s1 == s2 == 30 and killed_at <= 30
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-6, msg=k)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "val_l1" in json.loads(line)]
+    assert steps == sorted(set(steps))  # no duplicated records after the resume
+
+
+def test_resume_errors_never_start_fresh(tmp_path, mni_tiny, tiny_run):
+    cfg = resolve("tiny", None, {})
+    with pytest.raises(RlpError, match="no gan checkpoint"):
+        train_gan(cfg, str(mni_tiny), tmp_path / "empty", resume=True, quiet=True)
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    other = resolve("tiny", None, {"gan": {"width": 8}})
+    with pytest.raises(RlpError, match="different model/geometry"):
+        train_gan(other, str(mni_tiny), run, resume=True, quiet=True)
+    with pytest.raises(RlpError, match="--resume"):
+        train_gan(cfg, str(mni_tiny), run, resume=False, quiet=True)
+
+
+def test_pickled_code_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "rlp.ckpt", "version": 1, "x": Evil()}, bad)
+    assert not marker.exists()
+    with pytest.raises(RlpError) as e:
+        load_checkpoint(bad)
+    assert e.value.code == 77 and "evil.pt" in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10])
+def test_corrupt_checkpoint_is_a_clean_error(tmp_path, content):
+    p = tmp_path / "c.pt"
+    p.write_bytes(content)
+    with pytest.raises(RlpError, match="c.pt"):
+        load_checkpoint(p)
+
+
+def test_truncated_checkpoint_is_a_clean_error(tmp_path, tiny_run):
+    raw = (tiny_run / "checkpoints" / "gan_last.pt").read_bytes()
+    p = tmp_path / "t.pt"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(RlpError, match="t.pt"):
+        load_checkpoint(p)
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path):
+    r = run_cli(["-m", "rlp.train.cli", "gan", "--data", str(tmp_path / "none.h5"), "--run", str(tmp_path / "r"), "--preset", "tiny"])
+    assert r.returncode == 66
+    assert "none.h5" in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_paper_predictor_needs_256(tmp_path, mni_tiny, tiny_run):
+    from rlp.train.loop import train_predictor
+
+    cfg = resolve("tiny", None, {"predictor": {"kind": "paper"}})
+    with pytest.raises(ValueError, match="256x256"):
+        train_predictor(cfg, str(mni_tiny), tiny_run, quiet=True)
+
+
+def test_ddp_two_gloo_processes(tmp_path, mni_tiny):
+    pytest.importorskip("torch.distributed")
+    run = tmp_path / "ddp"
+    r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlp.train.cli", "gan",
+                 "--preset", "tiny", "--data", str(mni_tiny), "--run-dir", str(run), "--gan-steps", "6", "--threads", "1", "--quiet"],
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = load_checkpoint(run / "checkpoints" / "gan_last.pt")
+    assert st["step"] == 6 and not any(k.startswith("module.") for k in st["models"]["g"])

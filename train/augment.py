@@ -1,0 +1,119 @@
+"""Batched augmentation and box sampling in torch.
+
+Augmentation (all on the model grid, background kept at exactly 0): random
+affine (rotation, scale, translation, left-right flip), elastic deformation
+(a smooth random displacement field), intensity (gamma, gain), a smooth
+multiplicative bias field, and Gaussian noise inside the brain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from rlp.runtime.geometry import WindowGeometry
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.05
+    flip: bool = True
+    elastic: float = 0.02  # displacement amplitude, fraction of the image side
+    elastic_grid: int = 5
+    gamma: float = 0.25  # log-uniform in [1/(1+g), 1+g]
+    gain: float = 0.1
+    bias: float = 0.2
+    noise: float = 0.02
+
+
+def _smooth_field(n: int, grid: int, size: int, channels: int, gen: torch.Generator | None) -> torch.Tensor:
+    coarse = torch.randn(n, channels, grid, grid, generator=gen)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+
+
+def augment(images: torch.Tensor, brains: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None):
+    """images (N,1,S,S) in [0,1], brains (N,1,S,S) float {0,1} -> augmented copies."""
+    if not cfg.enabled:
+        return images, brains
+    n, _, s, _ = images.shape
+    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    ang = (u(n) * 2 - 1) * math.radians(cfg.rotate_deg)
+    sc = 1 + (u(n) * 2 - 1) * cfg.scale
+    flip = torch.where(u(n) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n)
+    tx, ty = [(u(n) * 2 - 1) * cfg.translate * 2 for _ in range(2)]
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, (n, 1, s, s), align_corners=False)
+    if cfg.elastic > 0:
+        disp = _smooth_field(n, cfg.elastic_grid, s, 2, gen).permute(0, 2, 3, 1) * (cfg.elastic * 2)
+        grid = grid + disp
+    img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    brn = (F.grid_sample(brains, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    g = torch.exp((u(n) * 2 - 1) * math.log1p(cfg.gamma)).view(n, 1, 1, 1)
+    img = img.clamp(0, 1) ** g
+    gain = 1 + (u(n) * 2 - 1) * cfg.gain
+    img = img * gain.view(n, 1, 1, 1)
+    if cfg.bias > 0:
+        img = img * torch.exp(cfg.bias * _smooth_field(n, 3, s, 1, gen))
+    if cfg.noise > 0:
+        sigma = u(n).view(n, 1, 1, 1) * cfg.noise
+        img = img + torch.randn(img.shape, generator=gen) * sigma
+    img = img.clamp(0, 1) * brn
+    return img, brn
+
+
+def sample_boxes(brains: torch.Tensor, geom: WindowGeometry, mode: str, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Top-left (row, col) of one box per image, (N, 2) long.
+
+    ``brain``: uniformly among positions whose window holds brain tissue by the
+    same rule the heatmap uses to evaluate a window (so R trains on what it sees);
+    ``middle-third``: the paper's rule; ``uniform``: anywhere.
+    """
+    n, _, s, _ = brains.shape
+    w = geom.window
+    hi = s - w + 1
+    if mode == "uniform":
+        return torch.randint(0, hi, (n, 2), generator=gen)
+    if mode == "middle-third":
+        lo, up = s // 3, max(s // 3 + 1, (2 * s) // 3 - w + 1)
+        return torch.randint(lo, up, (n, 2), generator=gen)
+    if mode != "brain":
+        raise ValueError(f"unknown box sampling {mode!r}")
+    frac = F.avg_pool2d(brains, w, stride=1)[:, 0]  # (N, hi, hi)
+    ok = frac >= geom.min_tissue if geom.min_tissue > 0 else frac > 0
+    out = torch.empty(n, 2, dtype=torch.long)
+    for i in range(n):
+        cand = torch.nonzero(ok[i].flatten()).flatten()
+        if cand.numel() == 0:
+            out[i] = torch.randint(0, hi, (2,), generator=gen)
+            continue
+        k = cand[torch.randint(0, cand.numel(), (1,), generator=gen)].item()
+        out[i, 0], out[i, 1] = k // hi, k % hi
+    return out
+
+
+def crops_and_inpaint(images: torch.Tensor, boxes: torch.Tensor, geom: WindowGeometry):
+    """Model inputs for boxes: (inpainted, original, box mask), each (N,1,C,C).
+
+    Same layout as :meth:`WindowGeometry.crops` (the runtime's numpy version).
+    """
+    n = images.shape[0]
+    m = geom.margin
+    c = geom.input_size
+    w = geom.window
+    padded = F.pad(images, (m, m, m, m)) if m else images
+    orig = torch.empty(n, 1, c, c, dtype=images.dtype)
+    mask = torch.zeros(n, 1, c, c, dtype=images.dtype)
+    for i in range(n):
+        r, col = int(boxes[i, 0]), int(boxes[i, 1])
+        orig[i] = padded[i, :, r : r + c, col : col + c] if m else padded[i]
+        br, bc = geom.box_in_input(r, col)
+        mask[i, :, br : br + w, bc : bc + w] = 1
+    inp = torch.where(mask > 0, torch.full_like(orig, geom.fill), orig)
+    return inp, orig, mask

@@ -1,0 +1,137 @@
+"""``rlp-train``: prepare data, train G and D, train the predictor R.
+
+    rlp-train prepare SOURCE --out slices.h5 [--axis axial] [--size 256] [--skip-bad]
+    rlp-train gan       --data slices.h5 --run runs/x [--preset demo] [--config f.toml] [flags]
+    rlp-train predictor --data slices.h5 --run runs/x [...]
+    rlp-train all       --data slices.h5 --run runs/x [...]
+
+Multi-GPU (or multi-process CPU): ``torchrun --nproc_per_node N -m rlp.train.cli gan --run-dir R ...``
+(torchrun's own parser takes ``--run`` for an abbreviation of its ``--run-path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rlp.runtime.cliutil import exit_with
+from rlp.runtime.errors import EX_USAGE, RlpError
+from rlp.runtime.progress import stderr_console
+
+PROG = "rlp-train"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description="Prepare MRI slices and train rlp's G, D and R.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prepare", help="turn NIfTI volumes (or 'mni152') into an HDF5 slice dataset")
+    p.add_argument("source", help="NFBS_Dataset folder, folder or glob of NIfTI volumes, or 'mni152'")
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    p.add_argument("--size", type=int, default=None,
+                   help="model grid side: 256 by default, 128 for the mni152 source (the demo preset's size)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable volumes (counted) instead of failing")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject-wise split")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--quiet", action="store_true")
+
+    for name, hlp in (("gan", "train G and D (L1 + adversarial)"), ("predictor", "train R against the run's frozen G"),
+                      ("all", "gan, then predictor")):
+        t = sub.add_parser(name, help=hlp)
+        t.add_argument("--data", required=True, help="dataset from rlp-train prepare")
+        t.add_argument("--run", "--run-dir", dest="run", required=True,
+                       help="run folder (config, metrics, checkpoints, samples); under torchrun write --run-dir")
+        t.add_argument("--preset", choices=["demo", "paper", "tiny"], help="settings preset")
+        t.add_argument("--config", help="TOML config file (overrides the preset)")
+        t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+        t.add_argument("--quiet", action="store_true")
+        t.add_argument("--seed", type=int)
+        t.add_argument("--deterministic", action="store_true", default=None)
+        t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+        t.add_argument("--threads", type=int)
+        t.add_argument("--max-minutes", type=float, help="stop a stage after this long (saves a checkpoint)")
+        t.add_argument("--window", type=int)
+        t.add_argument("--stride", type=int)
+        t.add_argument("--context", help="context crop side, or 'full' for the whole slice (paper)")
+        t.add_argument("--no-augment", action="store_true")
+        t.add_argument("--box-sampling", choices=["brain", "middle-third", "uniform"])
+        t.add_argument("--gan-steps", type=int)
+        t.add_argument("--gan-batch", type=int)
+        t.add_argument("--width", type=int, help="G width")
+        t.add_argument("--depth", type=int, help="G depth")
+        t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
+        t.add_argument("--predictor", choices=["crop", "paper"], help="R variant")
+        t.add_argument("--target", choices=["window", "image"], help="R's target: window-region loss (default) or whole-image loss (paper)")
+        t.add_argument("--r-steps", type=int)
+        t.add_argument("--r-batch", type=int)
+    return ap
+
+
+def _overrides(a) -> dict:
+    o: dict = {"run": {}, "geometry": {}, "gan": {}, "predictor": {}, "augment": {}}
+    for key, dest in (("seed", ("run", "seed")), ("deterministic", ("run", "deterministic")), ("device", ("run", "device")),
+                      ("threads", ("run", "threads")), ("max_minutes", ("run", "max_minutes")),
+                      ("window", ("geometry", "window")), ("stride", ("geometry", "stride")),
+                      ("gan_steps", ("gan", "steps")), ("gan_batch", ("gan", "batch")), ("width", ("gan", "width")),
+                      ("depth", ("gan", "depth")), ("adv", ("gan", "adv")), ("predictor", ("predictor", "kind")),
+                      ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch"))):
+        v = getattr(a, key)
+        if v is not None:
+            o[dest[0]][dest[1]] = v
+    if a.context is not None:
+        o["geometry"]["context"] = "full" if a.context == "full" else int(a.context)
+    if a.box_sampling:
+        o["gan"]["box_sampling"] = a.box_sampling
+        o["predictor"]["box_sampling"] = a.box_sampling
+    if a.no_augment:
+        o["augment"]["enabled"] = False
+    return {k: v for k, v in o.items() if v}
+
+
+def _print_result(res: dict) -> None:
+    keys = [k for k in res if k not in ("val_key",)]
+    stderr_console.print(", ".join(f"{k}={res[k]:.5g}" if isinstance(res[k], float) else f"{k}={res[k]}" for k in keys))
+
+
+def _main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    if a.cmd == "prepare":
+        from .data import prepare
+
+        size = a.size if a.size is not None else (128 if a.source == "mni152" else 256)
+        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force, quiet=a.quiet)
+        print(json.dumps(res, indent=2))
+        return 0
+    from .config import resolve
+    from .loop import train_gan, train_predictor
+
+    cfg = resolve(a.preset, a.config, _overrides(a))
+    run = Path(a.run)
+    t0 = time.monotonic()
+    results = []
+    if a.cmd in ("gan", "all"):
+        results.append(train_gan(cfg, a.data, run, resume=a.resume, quiet=a.quiet))
+        if not a.quiet:
+            _print_result(results[-1])
+    if a.cmd in ("predictor", "all"):
+        resume_r = a.resume and (run / "checkpoints" / "predictor_last.pt").exists() if a.cmd == "all" else a.resume
+        results.append(train_predictor(cfg, a.data, run, resume=resume_r, quiet=a.quiet))
+        if not a.quiet:
+            _print_result(results[-1])
+    summary = {"run": str(run), "seconds": round(time.monotonic() - t0, 1), "stages": results}
+    print(json.dumps(summary, indent=2, default=str))
+    if not a.quiet:
+        stderr_console.print(f"next: rlp-export {run} --out bundles/{run.name}")
+    return 0
+
+
+def main(argv=None) -> None:
+    exit_with(PROG, lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Dataset preparation (``rlp-train prepare``) and reading.
+
+Sources: an NFBS_Dataset folder, any folder or glob of NIfTI volumes (brain
+masks paired by name), or ``mni152`` (the skull-stripped MNI ICBM152 2009a
+template inside the nilearn wheel; nothing is downloaded).
+
+Every slice goes through the shared preprocessing contract
+(:func:`rlp.runtime.preprocess.preprocess_slice`), so training and deployment
+cannot drift apart. The HDF5 file is built as ``<out>.partial``, marked
+complete, fsynced and moved into place; readers refuse files without the mark.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlp.runtime import __version__
+from rlp.runtime.errors import BadInput, CannotCreate, InputMissing, RlpError
+from rlp.runtime.nifti import AXES, load_nifti, nifti_stem, nifti_suffix
+from rlp.runtime.preprocess import Preprocessing, preprocess_slice
+from rlp.runtime.progress import progress
+
+SPLITS = ("train", "val", "test")
+MNI152 = "mni152"
+MNI152_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+@dataclass
+class Subject:
+    id: str
+    image: Path
+    mask: Path | None = None
+
+
+def mni152_path() -> Path:
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputMissing("the mni152 source needs the nilearn package: pip install 'rlp[train]'", MNI152)
+    p = Path(list(spec.submodule_search_locations)[0]) / MNI152_FILE
+    if not p.is_file():
+        raise InputMissing(f"nilearn is installed but {MNI152_FILE} is not in it", MNI152)
+    return p
+
+
+def _is_mask(name: str) -> bool:
+    return bool(re.search(r"mask", name, re.IGNORECASE))
+
+
+def discover(source: str) -> tuple[str, list[Subject]]:
+    """Find the subjects of a source; returns (kind, subjects)."""
+    if source == MNI152:
+        return "mni152", [Subject("mni152", mni152_path())]
+    p = Path(source)
+    if p.is_dir():
+        nfbs = sorted(p.glob("*/*_T1w_brain.nii.gz"))
+        if nfbs:
+            subs = []
+            for img in nfbs:
+                mask = img.with_name(img.name.replace("_T1w_brain.nii.gz", "_T1w_brainmask.nii.gz"))
+                subs.append(Subject(img.parent.name, img, mask if mask.is_file() else None))
+            return "nfbs", subs
+        files = sorted(f for f in p.rglob("*") if f.is_file() and nifti_suffix(f))
+    elif any(ch in source for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if nifti_suffix(f))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise InputMissing("no such file, folder or glob (or 'mni152')", source)
+    images = [f for f in files if not _is_mask(f.name)]
+    masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
+    subs = []
+    seen: dict[str, int] = {}
+    for img in images:
+        stem = nifti_stem(img)
+        mask = masks.get(stem + "mask") or masks.get(stem + "_mask") or masks.get(stem + "_brainmask")
+        sid = stem
+        if sid in seen:  # same stem in different folders
+            seen[sid] += 1
+            sid = f"{stem}#{seen[stem]}"
+        else:
+            seen[sid] = 0
+        subs.append(Subject(sid, img, mask))
+    if not subs:
+        raise InputMissing("no NIfTI volumes (.nii, .nii.gz) found", source)
+    return "folder", subs
+
+
+def split_subjects(n: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """Subject-wise split: 0 train, 1 val, 2 test; val and test get at least one subject when n >= 3."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = max(1, int(round(fractions[1] * n))) if n >= 3 else 0
+    n_test = max(1, int(round(fractions[2] * n))) if n >= 3 else 0
+    out = np.zeros(n, np.uint8)
+    out[order[:n_val]] = 1
+    out[order[n_val : n_val + n_test]] = 2
+    return out
+
+
+def split_slices_by_range(n: int, block: int = 5) -> np.ndarray:
+    """Single-subject split by contiguous slice ranges: of every 10 blocks, 8 train, 1 val, 1 test."""
+    b = np.arange(n) // block
+    out = np.zeros(n, np.uint8)
+    out[b % 10 == 4] = 1
+    out[b % 10 == 9] = 2
+    return out
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(
+    source: str,
+    out: str | os.PathLike,
+    *,
+    axis: str = "axial",
+    size: int = 256,
+    skip_bad: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    quiet: bool = False,
+    percentile: float = 99.5,
+) -> dict:
+    """Build the slice dataset; returns a summary dict."""
+    import h5py
+
+    if axis not in AXES:
+        raise BadInput(f"unknown axis {axis!r}; choose one of {', '.join(AXES)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise CannotCreate("exists; pass --force to overwrite", out)
+    kind, subjects = discover(source)
+    pre = Preprocessing(size=size, percentile=percentile, nonfinite="error")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)
+        f = h5py.File(partial, "w")
+    except BlockingIOError:
+        raise CannotCreate("locked by another process (HDF5 file locking)", partial) from None
+    except OSError as exc:
+        raise CannotCreate(str(exc), partial) from None
+    n_empty = 0
+    bad: list[str] = []
+    sources = []
+    try:
+        with f:
+            images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
+                                      chunks=(1, size, size), compression="lzf")
+            brains = f.create_dataset("brains", (0, size, size), np.bool_, maxshape=(None, size, size),
+                                      chunks=(1, size, size), compression="lzf")
+            subj_idx = f.create_dataset("subject", (0,), np.int32, maxshape=(None,))
+            slice_idx = f.create_dataset("slice_index", (0,), np.int32, maxshape=(None,))
+            kept_subjects: list[str] = []
+            with progress(quiet) as bar:
+                task = bar.add_task("preparing volumes", total=len(subjects))
+                for sub in subjects:
+                    try:
+                        vol = load_nifti(sub.image)
+                        mvol = load_nifti(sub.mask) if sub.mask else None
+                        if mvol is not None and mvol.data.shape != vol.data.shape:
+                            raise BadInput(f"mask shape {mvol.data.shape} != image shape {vol.data.shape}", sub.mask)
+                        k, n = vol.slices(axis)
+                        rows, brs, idxs = [], [], []
+                        for i in range(n):
+                            sl, sp = vol.get_slice(k, i)
+                            m = None if mvol is None else mvol.get_slice(k, i)[0] > 0
+                            prep = preprocess_slice(sl, pre, sp, mask=m, path=sub.image)
+                            if prep.empty:
+                                n_empty += 1
+                                continue
+                            rows.append(prep.image)
+                            brs.append(prep.brain)
+                            idxs.append(i)
+                    except RlpError as exc:
+                        if not skip_bad:
+                            raise
+                        bad.append(str(exc))
+                        bar.advance(task)
+                        continue
+                    if rows:
+                        si = len(kept_subjects)
+                        kept_subjects.append(sub.id)
+                        a = images.shape[0]
+                        for ds, arr in ((images, np.stack(rows)), (brains, np.stack(brs)),
+                                        (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
+                            ds.resize(a + len(rows), axis=0)
+                            ds[a:] = arr
+                        sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_of(sub.image),
+                                        "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows)})
+                    bar.advance(task)
+            n = images.shape[0]
+            if n == 0:
+                raise BadInput("no slice with brain tissue in any volume", source)
+            if len(kept_subjects) == 1:
+                split = split_slices_by_range(n)
+                rule = "single subject: split by contiguous slice ranges (blocks of 5 slices; of every 10 blocks 8 train, 1 val, 1 test); neighbouring slices are correlated, so held-out figures are optimistic"
+            else:
+                ss = split_subjects(len(kept_subjects), seed)
+                split = ss[subj_idx[:]]
+                rule = f"subject-wise, seeded permutation (seed {seed}), 80/10/10; no subject in two splits"
+            f.create_dataset("split", data=split.astype(np.uint8))
+            f.create_dataset("subjects", data=np.asarray(kept_subjects, dtype=object), dtype=h5py.string_dtype())
+            f.attrs["source"] = str(source)
+            f.attrs["source_kind"] = kind
+            f.attrs["axis"] = axis
+            f.attrs["size"] = size
+            f.attrs["preprocessing"] = json.dumps(pre.to_dict())
+            f.attrs["split_rule"] = rule
+            f.attrs["split_names"] = json.dumps(list(SPLITS))
+            f.attrs["n_empty_slices_skipped"] = n_empty
+            f.attrs["bad_volumes_skipped"] = json.dumps(bad)
+            f.attrs["sources"] = json.dumps(sources)
+            f.attrs["rlp_version"] = __version__
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            f.attrs["complete"] = 1  # written last: readers refuse files without it
+            f.flush()
+        with open(partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
+    return {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
+            "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad), "split_rule": rule}
+
+
+class SliceData:
+    """A prepared dataset, read fully into memory (images, brain masks, split)."""
+
+    def __init__(self, path: str | os.PathLike):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputMissing("dataset not found (run rlp-train prepare first)", self.path)
+        try:
+            with h5py.File(self.path, "r") as f:
+                if int(f.attrs.get("complete", 0)) != 1:
+                    raise BadInput("incomplete dataset (its writer did not finish); prepare it again", self.path)
+                self.images = f["images"][:]
+                self.brains = f["brains"][:]
+                self.split = f["split"][:]
+                self.subject = f["subject"][:]
+                self.slice_index = f["slice_index"][:]
+                self.subjects = [s.decode() if isinstance(s, bytes) else str(s) for s in f["subjects"][:]]
+                self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        except RlpError:
+            raise
+        except BlockingIOError:
+            raise BadInput("locked by a writer (HDF5 file locking); wait for it to finish", self.path) from None
+        except (OSError, KeyError) as exc:
+            raise BadInput(f"not a readable rlp dataset ({exc})", self.path) from None
+        self.size = int(self.images.shape[-1])
+        self.preprocessing = Preprocessing.from_dict(json.loads(self.attrs["preprocessing"]))
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == SPLITS.index(split))
+
+    def provenance(self) -> dict:
+        return {
+            "path": str(self.path),
+            "sha256": sha256_of(self.path),
+            "source": self.attrs.get("source"),
+            "source_kind": self.attrs.get("source_kind"),
+            "axis": self.attrs.get("axis"),
+            "size": self.size,
+            "split_rule": self.attrs.get("split_rule"),
+            "split_counts": {s: int(len(self.indices(s))) for s in SPLITS},
+            "sources": json.loads(self.attrs.get("sources", "[]")),
+            "rlp_version": self.attrs.get("rlp_version"),
+        }

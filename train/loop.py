@@ -1,0 +1,509 @@
+"""The two training stages: G and D adversarially (``gan``), then R against a frozen G (``predictor``).
+
+Both stages share the run folder, the atomic ``last``/``best`` checkpoints, JSON-lines
+metrics, ``--resume`` from the exact saved state, seeded determinism, mixed
+precision on CUDA, and ``torchrun`` (DDP) data parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlp.runtime import __version__
+from rlp.runtime.atomic import atomic_path, write_json
+from rlp.runtime.errors import BadInput, InputMissing
+from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.progress import progress
+
+from . import models
+from .augment import AugmentConfig, augment, crops_and_inpaint, sample_boxes
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import resume_hash
+from .data import SliceData
+
+
+# ----------------------------------------------------------------- helpers
+def make_geometry(cfg: dict, size: int) -> WindowGeometry:
+    """The run's window geometry at the dataset's size.
+
+    The config gives window, stride and context at ``reference_size``; a dataset
+    of another size gets them scaled (the demo's 8/2/48 at 128 is 16/4/96 at 256).
+    """
+    g = cfg["geometry"]
+    ctx = g.get("context")
+    ctx = None if ctx in (None, "full", 0) else int(ctx)
+    ref = int(g.get("reference_size", size))
+    geom = WindowGeometry(size=ref, window=int(g["window"]), stride=int(g["stride"]), fill=float(g.get("fill", 1.0)),
+                          context=ctx, min_tissue=float(g.get("min_tissue", 0.0)))
+    return geom if ref == size else geom.scaled(size)
+
+
+class Dist:
+    """torchrun (DDP) state; a single process when WORLD_SIZE is unset."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+        self.main = self.rank == 0
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not self.enabled:
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+
+
+def set_rng_state(gen: torch.Generator, st: dict) -> None:
+    gen.set_state(st["gen"])
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+
+
+def unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+class Metrics:
+    """metrics.jsonl: one JSON object per line, flushed; truncated to the resumed step."""
+
+    def __init__(self, path: Path, resume_step: int | None, stage: str):
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("stage") != stage or rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(k + "\n" for k in keep))
+        self.fh = open(path, "a", buffering=1)
+        self.stage = stage
+
+    def log(self, **rec):
+        rec = {"stage": self.stage, "time": round(time.time(), 3), **rec}
+        self.fh.write(json.dumps(rec) + "\n")
+
+    def close(self):
+        self.fh.close()
+
+
+def fixed_windows(data: SliceData, split: str, geom: WindowGeometry, n: int, seed: int):
+    """A fixed, seeded set of (slice, window) pairs on the stride grid, from windows the heatmap evaluates."""
+    idx = data.indices(split)
+    if len(idx) == 0:
+        idx = data.indices("train")
+    rng = np.random.default_rng(seed)
+    boxes_all = geom.window_boxes()
+    pairs = []
+    for i in idx:
+        ev = geom.evaluated(data.brains[i]).ravel()
+        for b in boxes_all[ev]:
+            pairs.append((int(i), int(b[0]), int(b[1])))
+    if not pairs:
+        raise BadInput(f"no brain windows in the {split} split", data.path)
+    sel = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
+    sel = [pairs[k] for k in sorted(sel)]
+    inp, orig, allb = [], [], []
+    for i in sorted({p[0] for p in sel}):
+        boxes = np.array([[r, c] for (j, r, c) in sel if j == i])
+        padded = geom.pad(data.images[i])
+        inp.append(geom.crops(padded, boxes, inpaint=True))
+        orig.append(geom.crops(padded, boxes, inpaint=False))
+        allb.append(boxes)
+    return torch.from_numpy(np.concatenate(inp)), torch.from_numpy(np.concatenate(orig)), np.concatenate(allb)
+
+
+def box_mask_like(x: torch.Tensor, geom: WindowGeometry, boxes=None) -> torch.Tensor:
+    m = torch.zeros_like(x)
+    w = geom.window
+    if geom.context is not None:
+        b = geom.margin
+        m[..., b : b + w, b : b + w] = 1
+    else:
+        for k, (r, c) in enumerate(boxes):
+            m[k, :, r : r + w, c : c + w] = 1
+    return m
+
+
+@torch.no_grad()
+def g_losses(G: nn.Module, inp: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor, batch: int = 256):
+    """G's per-input box L1 and whole-input L1 (float64)."""
+    G.eval()
+    box, whole = [], []
+    for s in range(0, len(inp), batch):
+        out = G(inp[s : s + batch])
+        d = (out - orig[s : s + batch]).abs()
+        m = mask[s : s + batch]
+        box.append(((d * m).flatten(1).sum(1) / m.flatten(1).sum(1)).double())
+        whole.append(d.flatten(1).mean(1).double())
+    return torch.cat(box), torch.cat(whole)
+
+
+def save_samples(path: Path, inp, orig, out, n: int = 6) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(inp))
+    rows = [np.concatenate([orig[i, 0], inp[i, 0], out[i, 0], np.abs(out[i, 0] - orig[i, 0])], axis=1) for i in range(n)]
+    grid = np.concatenate(rows, axis=0)
+    with atomic_path(path, suffix=".png") as tmp:
+        plt.imsave(tmp, np.clip(grid, 0, 1), cmap="gray", vmin=0, vmax=1, format="png")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.std(a) == 0 or np.std(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+class Budget:
+    def __init__(self, minutes: float):
+        self.deadline = time.monotonic() + minutes * 60 if minutes and minutes > 0 else None
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _check_resume(state: dict, cfg: dict, stage: str, data_sha: str, path: Path) -> None:
+    if state.get("stage") != stage:
+        raise BadInput(f"checkpoint is from stage {state.get('stage')!r}, not {stage!r}", path)
+    if state.get("config_hash") != resume_hash(cfg, stage):
+        raise BadInput("checkpoint was made with different model/geometry settings; "
+                       "use the same config to resume, or a new --run folder", path)
+    if state.get("data", {}).get("sha256") != data_sha:
+        raise BadInput("checkpoint was trained on different data (dataset sha256 differs)", path)
+
+
+def write_heldout(run: Path, data: SliceData, n: int = 32) -> None:
+    """Held-out test slices (model grid) for export parity and the bench."""
+    idx = data.indices("test")
+    if len(idx) == 0:
+        idx = data.indices("val")
+    idx = idx[np.linspace(0, len(idx) - 1, min(n, len(idx))).round().astype(int)] if len(idx) else idx
+    with atomic_path(run / "heldout.npz", suffix=".npz") as tmp:
+        np.savez(tmp, images=data.images[idx].astype(np.float32), brains=data.brains[idx].astype(bool),
+                 index=idx.astype(np.int64), slice_index=data.slice_index[idx].astype(np.int64))
+
+
+# ------------------------------------------------------------------- stages
+def train_gan(cfg: dict, data_path: str, run: Path, *, resume: bool = False, quiet: bool = False) -> dict:
+    return _Trainer(cfg, data_path, run, "gan", resume, quiet).fit()
+
+
+def train_predictor(cfg: dict, data_path: str, run: Path, *, resume: bool = False, quiet: bool = False) -> dict:
+    return _Trainer(cfg, data_path, run, "predictor", resume, quiet).fit()
+
+
+class _Trainer:
+    def __init__(self, cfg: dict, data_path: str, run: Path, stage: str, resume: bool, quiet: bool):
+        self.cfg, self.run, self.stage, self.quiet = cfg, Path(run), stage, quiet
+        self.device = pick_device(cfg["run"]["device"])
+        if cfg["run"].get("threads"):
+            torch.set_num_threads(int(cfg["run"]["threads"]))
+        self.dist = Dist(self.device)
+        seed = int(cfg["run"]["seed"]) + 1000 * self.dist.rank
+        self.gen = seed_everything(seed, bool(cfg["run"]["deterministic"]))
+        self.data = SliceData(data_path)
+        self.data_prov = self.data.provenance()
+        self.geom = make_geometry(cfg, self.data.size)
+        self.sec = cfg[stage]
+        self.ckdir = self.run / "checkpoints"
+        self.last = self.ckdir / f"{stage}_last.pt"
+        self.best = self.ckdir / f"{stage}_best.pt"
+        self.resume = resume
+        self.amp = self.device.type == "cuda"
+        if self.dist.main:
+            self.ckdir.mkdir(parents=True, exist_ok=True)
+            (self.run / "samples").mkdir(exist_ok=True)
+            write_json(self.run / "config.json", cfg)
+
+    # -- shared
+    def _state(self, step: int, best: float, metrics: dict) -> dict:
+        return {
+            "stage": self.stage, "step": step, "best": best,
+            "arch": {k: unwrap(m).arch for k, m in self.models.items()},
+            "models": {k: unwrap(m).state_dict() for k, m in self.models.items()},
+            "optim": {k: o.state_dict() for k, o in self.optims.items()},
+            "sched": {k: s.state_dict() for k, s in self.scheds.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": rng_state(self.gen),
+            "config": self.cfg, "config_hash": resume_hash(self.cfg, self.stage),
+            "data": self.data_prov, "geometry": self.geom.to_dict(),
+            "preprocessing": self.data.preprocessing.to_dict(),
+            "metrics": metrics, "rlp_version": __version__,
+        }
+
+    def _restore(self):
+        if not self.last.is_file():
+            raise InputMissing(f"--resume: no {self.stage} checkpoint to resume from", self.last)
+        st = load_checkpoint(self.last)
+        _check_resume(st, self.cfg, self.stage, self.data_prov["sha256"], self.last)
+        for k, m in self.models.items():
+            unwrap(m).load_state_dict(st["models"][k])
+        for k, o in self.optims.items():
+            o.load_state_dict(st["optim"][k])
+        for k, s in self.scheds.items():
+            s.load_state_dict(st["sched"][k])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        set_rng_state(self.gen, st["rng"])
+        return int(st["step"]), float(st["best"])
+
+    def _batch(self, batch: int):
+        tr = self.data.indices("train")
+        if len(tr) == 0:
+            raise BadInput("the train split is empty", self.data.path)
+        pick = tr[torch.randint(0, len(tr), (batch,), generator=self.gen).numpy()]
+        imgs = torch.from_numpy(self.data.images[pick]).unsqueeze(1)
+        brains = torch.from_numpy(self.data.brains[pick]).unsqueeze(1).float()
+        aug = AugmentConfig(**self.cfg.get("augment", {}))
+        imgs, brains = augment(imgs, brains, aug, self.gen)
+        boxes = sample_boxes(brains, self.geom, self.sec["box_sampling"], self.gen)
+        inp, orig, mask = crops_and_inpaint(imgs, boxes, self.geom)
+        return inp.to(self.device), orig.to(self.device), mask.to(self.device)
+
+    def fit(self) -> dict:
+        self._build()
+        step, best = (0, math.inf)
+        if self.resume:
+            step, best = self._restore()
+        elif self.last.exists() and self.dist.main:
+            raise BadInput(f"{self.run} already holds a {self.stage} run; pass --resume to continue it or choose a new --run folder", self.last)
+        self.metrics = Metrics(self.run / "metrics.jsonl", step if self.resume else None, self.stage) if self.dist.main else None
+        total = int(self.sec["steps"])
+        budget = Budget(float(self.cfg["run"].get("max_minutes") or 0))
+        t0 = time.monotonic()
+        last_val: dict = {}
+        stopped = "steps"
+        try:
+            with progress(self.quiet or not self.dist.main, extra="{task.fields[info]}") as bar:
+                task = bar.add_task(f"training {self.stage}", total=total, completed=step, info="")
+                while step < total:
+                    logs = self._step()
+                    step += 1
+                    if self.metrics and step % int(self.sec["log_every"]) == 0:
+                        self.metrics.log(step=step, **logs)
+                    at_val = step % int(self.sec["val_every"]) == 0 or step == total
+                    over = budget.over()
+                    if at_val or over:
+                        last_val = self._validate(step)
+                        if self.dist.main:
+                            key = last_val["val_key"]
+                            improved = last_val[key] < best
+                            if improved:
+                                best = last_val[key]
+                            self.metrics.log(step=step, **last_val)
+                            st = self._state(step, best, last_val)
+                            save_checkpoint(self.last, st)
+                            if improved:
+                                save_checkpoint(self.best, st)
+                        self.dist.barrier()
+                    bar.update(task, completed=step, info=" ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+                    if over:
+                        stopped = "time budget"
+                        break
+        finally:
+            if self.metrics:
+                self.metrics.close()
+            self.dist.close()
+        return {"stage": self.stage, "steps": step, "stopped_by": stopped, "seconds": round(time.monotonic() - t0, 1),
+                "best": best, **last_val}
+
+    # -- stage specifics
+    def _build(self):
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        s = self.sec
+        if self.stage == "gan":
+            G = models.UNetG(width=s["width"], depth=s["depth"], max_width=s["max_width"], upsample=s["upsample"])
+            if self.geom.input_size % (2 ** s["depth"]):
+                raise BadInput(f"G's input side {self.geom.input_size} must be a multiple of 2**depth = {2 ** s['depth']}")
+            D = models.PatchD(width=s["d_width"], n_layers=s["d_layers"])
+            self.G = self.dist.wrap(G.to(self.device), self.device)
+            self.D = self.dist.wrap(D.to(self.device), self.device)
+            self.models = {"g": self.G, "d": self.D}
+            b1 = float(s["beta1"])
+            self.optims = {"g": torch.optim.Adam(self.G.parameters(), float(s["lr_g"]), betas=(b1, 0.999)),
+                           "d": torch.optim.Adam(self.D.parameters(), float(s["lr_d"]), betas=(b1, 0.999))}
+            self.val_inp, self.val_orig, self.val_boxes = fixed_windows(
+                self.data, "val", self.geom, int(s["val_windows"]), int(self.cfg["run"]["seed"]) + 1)
+            if self.dist.main:
+                write_heldout(self.run, self.data)
+        else:
+            gpath = self.ckdir / "gan_best.pt"
+            gst = load_checkpoint(gpath)
+            if gst.get("stage") != "gan":
+                raise BadInput("not a G checkpoint", gpath)
+            if gst.get("geometry") != self.geom.to_dict():
+                raise BadInput("G was trained with a different window geometry than this config", gpath)
+            self.frozen_g = models.build(gst["arch"]["g"]).to(self.device)
+            self.frozen_g.load_state_dict(gst["models"]["g"])
+            self.frozen_g.eval().requires_grad_(False)
+            if s["kind"] == "paper":
+                R = models.PaperR(self.geom.input_size)
+            else:
+                R = models.CropR(self.geom.input_size, width=s["width"], n_down=s["n_down"])
+            vi, vo, self.val_boxes = fixed_windows(
+                self.data, "val", self.geom, int(s["val_windows"]), int(self.cfg["run"]["seed"]) + 1)
+            self.val_inp = vi
+            mask = box_mask_like(vo, self.geom, self.val_boxes)
+            box, whole = g_losses(self.frozen_g, vi.to(self.device), vo.to(self.device), mask.to(self.device))
+            self.val_target = (box if s["target"] == "window" else whole).cpu()
+            if not self.resume:
+                models.init_head_bias(R, float(self.val_target.mean()))
+            self.R = self.dist.wrap(R.to(self.device), self.device)
+            self.models = {"r": self.R}
+            self.optims = {"r": torch.optim.Adam(self.R.parameters(), float(s["lr"]))}
+        steps = max(1, int(s["steps"]))
+        self.scheds = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps, eta_min=0.1 * o.defaults["lr"])
+                       for k, o in self.optims.items()}
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+
+    def _backward(self, loss, opt):
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    def _step(self) -> dict:
+        s = self.sec
+        if self.stage == "gan":
+            return self._gan_step(s)
+        inp, orig, mask = self._batch(int(s["batch"]))
+        with torch.no_grad(), self._autocast():
+            out = self.frozen_g(inp).float()
+        d = (out - orig).abs()
+        target = (d * mask).flatten(1).sum(1) / mask.flatten(1).sum(1) if s["target"] == "window" else d.flatten(1).mean(1)
+        self.R.train()
+        opt = self.optims["r"]
+        opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            pred = self.R(inp).float().flatten()
+        loss = (pred - target).abs().mean()
+        self._backward(loss, opt)
+        self.scheds["r"].step()
+        return {"loss": float(loss.detach()), "target_mean": float(target.mean())}
+
+    def _gan_step(self, s) -> dict:
+        inp, orig, mask = self._batch(int(s["batch"]))
+        self.G.train()
+        self.D.train()
+        with self._autocast():
+            out = self.G(inp).float()
+        comp = mask * out + (1 - mask) * orig
+        logs = {}
+        adv = float(s["adv"])
+        if adv > 0:
+            opt_d = self.optims["d"]
+            opt_d.zero_grad(set_to_none=True)
+            with self._autocast():
+                both = self.D(torch.cat([orig, comp.detach()])).float()
+            n = orig.shape[0]
+            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(both[:n], torch.ones_like(both[:n]))
+                            + F.binary_cross_entropy_with_logits(both[n:], torch.zeros_like(both[n:])))
+            self._backward(loss_d, opt_d)
+            self.scheds["d"].step()
+            logs["loss_d"] = float(loss_d.detach())
+        opt_g = self.optims["g"]
+        opt_g.zero_grad(set_to_none=True)
+        d = (out - orig).abs()
+        l_box = (d * mask).sum() / mask.sum()
+        l_ctx = d.mean()
+        loss = float(s["l1_box"]) * l_box + float(s["l1_context"]) * l_ctx
+        if adv > 0:
+            with self._autocast():
+                fake = unwrap(self.D)(comp).float()
+            l_adv = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+            loss = loss + adv * l_adv
+            logs["loss_adv"] = float(l_adv.detach())
+        self._backward(loss, opt_g)
+        self.scheds["g"].step()
+        logs["l1_box"] = float(l_box.detach())
+        return logs
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> dict:
+        if not self.dist.main:
+            return {}
+        if self.stage == "gan":
+            G = unwrap(self.G)
+            vi, vo = self.val_inp.to(self.device), self.val_orig.to(self.device)
+            mask = box_mask_like(vo, self.geom, self.val_boxes)
+            box, whole = g_losses(G, vi, vo, mask)
+            every = int(self.sec.get("sample_every") or 0)
+            if every and (step % every == 0 or step == int(self.sec["steps"])):
+                out = G(vi[:6]).cpu().numpy()
+                save_samples(self.run / "samples" / f"gan_step{step:06d}.png", vi[:6].cpu().numpy(), vo[:6].cpu().numpy(), out)
+            return {"val_key": "val_l1", "val_l1": float(box.mean()), "val_l1_image": float(whole.mean())}
+        R = unwrap(self.R)
+        R.eval()
+        preds = []
+        for s0 in range(0, len(self.val_inp), 256):
+            preds.append(R(self.val_inp[s0 : s0 + 256].to(self.device)).float().flatten().cpu())
+        pred = torch.cat(preds).double().numpy()
+        tgt = self.val_target.numpy()
+        mae = float(np.abs(pred - tgt).mean())
+        return {"val_key": "val_mae", "val_mae": mae, "val_mae_rel": mae / float(tgt.mean()),
+                "val_mae_median_baseline": float(np.abs(np.median(tgt) - tgt).mean()),
+                "val_spearman": spearman(pred, tgt), "val_target_mean": float(tgt.mean())}

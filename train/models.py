@@ -1,0 +1,190 @@
+"""G (inpainting U-Net with bicubic upsampling), D (PatchGAN) and the predictors R.
+
+Every model is rebuilt from a small JSON-able ``arch`` dict that checkpoints and
+bundle manifests carry, so export and evaluation never need the training config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _act():
+    return nn.LeakyReLU(0.2, inplace=False)
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm: bool = True):
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)]
+        if norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(_act())
+        layers.append(nn.Conv2d(cout, cout, 3, padding=1, bias=not norm))
+        if norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(_act())
+        super().__init__(*layers)
+
+
+class Upsample(nn.Module):
+    """x2 upsampling; ``mode="bicubic"`` is the paper's choice (PyTorch's a = -0.75, half-pixel)."""
+
+    def __init__(self, mode: str = "bicubic"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x):
+        if self.mode == "nearest":
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False)
+
+
+class UNetG(nn.Module):
+    """Inpainting generator: a U-Net, fully convolutional, output in [0, 1].
+
+    ``depth`` levels of downsampling (max-pool 2); the input side must be a
+    multiple of ``2 ** depth``. ``width`` channels at the top level, doubling per
+    level up to ``max_width``.
+    """
+
+    def __init__(self, width: int = 16, depth: int = 4, max_width: int = 256, upsample: str = "bicubic", norm: bool = True):
+        super().__init__()
+        self.arch = dict(kind="unet", width=width, depth=depth, max_width=max_width, upsample=upsample, norm=norm)
+        chans = [min(width * 2**i, max_width) for i in range(depth + 1)]
+        self.enc = nn.ModuleList()
+        cin = 1
+        for c in chans[:-1]:
+            self.enc.append(ConvBlock(cin, c, norm))
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+        self.bottom = ConvBlock(chans[-2], chans[-1], norm)
+        self.up = nn.ModuleList()
+        self.upconv = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in range(depth - 1, -1, -1):
+            self.up.append(Upsample(upsample))
+            self.upconv.append(nn.Conv2d(chans[i + 1], chans[i], 3, padding=1))
+            self.dec.append(ConvBlock(2 * chans[i], chans[i], norm))
+        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.depth = depth
+
+    def forward(self, x):
+        skips = []
+        for blk in self.enc:
+            x = blk(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        for up, conv, dec, skip in zip(self.up, self.upconv, self.dec, reversed(skips)):
+            x = conv(up(x))
+            x = dec(torch.cat([x, skip], dim=1))
+        return torch.sigmoid(self.head(x))
+
+
+class PatchD(nn.Module):
+    """PatchGAN discriminator (pix2pix): a map of real/fake logits."""
+
+    def __init__(self, width: int = 32, n_layers: int = 3):
+        super().__init__()
+        self.arch = dict(kind="patchgan", width=width, n_layers=n_layers)
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 4, 2, 1), _act()]
+        c = width
+        for i in range(1, n_layers):
+            nc = min(width * 2**i, 8 * width)
+            layers += [nn.Conv2d(c, nc, 4, 2, 1, bias=False), nn.BatchNorm2d(nc), _act()]
+            c = nc
+        nc = min(c * 2, 8 * width)
+        layers += [nn.Conv2d(c, nc, 4, 1, 1, bias=False), nn.BatchNorm2d(nc), _act(), nn.Conv2d(nc, 1, 4, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PaperR(nn.Module):
+    """The paper's reconstruction-loss predictor, exactly its layer table (1,558,273 parameters).
+
+    Defined for 256x256 inputs (its last conv, kernel 4 padding 1, turns the 2x2
+    map into 1x1); other sizes are refused.
+    """
+
+    def __init__(self, input_size: int = 256):
+        super().__init__()
+        if input_size != 256:
+            raise ValueError(f"the paper's R is defined for 256x256 inputs, not {input_size}x{input_size}; "
+                             "use --predictor crop for other sizes")
+        self.arch = dict(kind="paper", input_size=input_size)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 64, 3, 2, 1),  # Conv2d-1
+            _act(),  # LeakyReLU-2
+            nn.Conv2d(64, 128, 3, 2, 1),  # Conv2d-3
+            nn.MaxPool2d(2),  # MaxPool2d-4
+            _act(),  # LeakyReLU-5
+            nn.BatchNorm2d(128),  # BatchNorm2d-6
+            nn.Conv2d(128, 256, 3, 2, 1),  # Conv2d-7
+            nn.MaxPool2d(2),  # MaxPool2d-8
+            _act(),  # LeakyReLU-9
+            nn.Conv2d(256, 512, 3, 2, 1),  # Conv2d-10
+            nn.MaxPool2d(2),  # MaxPool2d-11
+            _act(),  # LeakyReLU-12
+            nn.Conv2d(512, 1, 4, 1, 1),  # Conv2d-13
+        )
+
+    @property
+    def head(self) -> nn.Conv2d:
+        return self.net[-1]
+
+    def forward(self, x):
+        return torch.sigmoid(self.net(x)).flatten(1)  # Sigmoid-14, (N, 1)
+
+
+class CropR(nn.Module):
+    """A predictor that reads the context crop centred on the box (it is told where the box is)."""
+
+    def __init__(self, input_size: int = 48, width: int = 32, n_down: int = 3):
+        super().__init__()
+        if input_size % (2**n_down):
+            raise ValueError(f"crop predictor input {input_size} must be a multiple of {2**n_down}")
+        self.arch = dict(kind="crop", input_size=input_size, width=width, n_down=n_down)
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 3, 1, 1), _act()]
+        c = width
+        for i in range(n_down):
+            nc = min(width * 2 ** (i + 1), 8 * width)
+            layers += [nn.Conv2d(c, nc, 3, 2, 1), _act(), nn.Conv2d(nc, nc, 3, 1, 1), _act()]
+            c = nc
+        self.features = nn.Sequential(*layers)
+        s = input_size // 2**n_down
+        self.head = nn.Linear(c * s * s, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(self.features(x).flatten(1)))
+
+
+def init_head_bias(model: nn.Module, mean_target: float) -> None:
+    """Start the sigmoid head at the mean target: without it the paper's R collapses to 0."""
+    p = min(max(float(mean_target), 1e-4), 1 - 1e-4)
+    with torch.no_grad():
+        model.head.bias.fill_(math.log(p / (1 - p)))
+        model.head.weight.mul_(0.1)
+
+
+def build(arch: dict) -> nn.Module:
+    kind = arch.get("kind")
+    args = {k: v for k, v in arch.items() if k != "kind"}
+    if kind == "unet":
+        return UNetG(**args)
+    if kind == "patchgan":
+        return PatchD(**args)
+    if kind == "paper":
+        return PaperR(**args)
+    if kind == "crop":
+        return CropR(**args)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
