@@ -1,0 +1,1 @@
+"""rlp.bench: measures the R path against the full G path (speed, memory, fidelity, localisation)."""
