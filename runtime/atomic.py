@@ -30,6 +30,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _raise_for(exc: OSError, path: Path) -> None:
     if exc.errno == errno.ENOSPC:
         raise CannotCreate("no space left on device", path) from None
@@ -58,6 +64,7 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True, suffix: str = ".
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _umask_mode())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except OSError as exc:
@@ -99,6 +106,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         _raise_for(exc, path)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~(~_umask_mode() & 0o666))  # mkdtemp makes 0700
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
