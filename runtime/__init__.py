@@ -1,16 +1,35 @@
 """rlp.runtime: the torch-free bottom layer (contracts, NIfTI I/O, bundles, heatmaps).
 
 This package must never import torch; ``tests/test_layering.py`` proves it.
+
+Heatmaps from Python::
+
+    from rlp.runtime import Bundle
+
+    with Bundle.load("bundles/demo") as bundle:
+        res = bundle.heatmap_slice(slice2d, spacing=(1.0, 1.0))    # res.pixel_map: the slice's shape
+        vol = bundle.heatmap_nifti("t1.nii.gz", axis="axial")     # vol.heatmap: the file's shape
+        vol = bundle.heatmap_array(data3d, affine)                # any array with its affine
 """
 
+from .backends import BACKENDS, Backend, available_backends, create_backend
 from .errors import RlpError
 from .geometry import WindowGeometry, window_positions
+from .heatmap import (DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, score_windows,
+                      top_windows)
+from .manifest import Manifest, load_bundle_manifest
+from .nifti import Volume, load_nifti, save_like, volume_from_array
 from .preprocess import Preprocessing, Resampler, preprocess_slice
 
-__all__ = ["RlpError", "WindowGeometry", "window_positions", "Preprocessing", "Resampler", "preprocess_slice"]
+__all__ = [
+    "RlpError", "WindowGeometry", "window_positions", "Preprocessing", "Resampler", "preprocess_slice",
+    "Bundle", "SliceHeatmap", "VolumeHeatmap", "Window", "score_windows", "top_windows", "DEFAULT_BUNDLE",
+    "default_bundle", "Backend", "BACKENDS", "available_backends", "create_backend", "Manifest",
+    "load_bundle_manifest", "Volume", "load_nifti", "save_like", "volume_from_array",
+]
 
 try:
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import version as _version
 
     __version__ = _version("rlp")
 except Exception:  # running from a source tree without an install

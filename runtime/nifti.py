@@ -263,18 +263,16 @@ def load_nifti(path: str | os.PathLike) -> Volume:
     slope = float(raw_hdr["scl_slope"])
     if not np.isfinite(slope) or slope == 0:
         notes.append(f"scl_slope is {slope:g}; voxel values used unscaled (as nibabel does)")
-    try:
-        with warnings.catch_warnings(), _nibabel_log(notes):
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), _nibabel_log(notes):
+        warnings.simplefilter("ignore")  # nibabel and numpy warn about broken affines: they are checked below
+        try:
             img = klass.from_bytes(raw)
             data = np.asarray(img.get_fdata(dtype=np.float32))
-    except RlpError:
-        raise
-    except MemoryError:
-        raise BadInput("not enough memory to read the voxel data", path) from None
-    except Exception as exc:
-        raise BadInput(f"cannot read voxel data ({_one_line(exc)})", path) from None
-    return _make_volume(path, data, img, notes)
+        except MemoryError:
+            raise BadInput("not enough memory to read the voxel data", path) from None
+        except Exception as exc:
+            raise BadInput(f"cannot read voxel data ({_one_line(exc)})", path) from None
+        return _make_volume(path, data, img, notes)
 
 
 def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: str = "array") -> Volume:
@@ -294,7 +292,7 @@ def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: 
     with warnings.catch_warnings(), _nibabel_log(None):
         warnings.simplefilter("ignore")
         img = nib.Nifti1Image(arr.astype(np.float32), aff)
-    return _make_volume(Path(name), np.asarray(img.dataobj, dtype=np.float32), img, [])
+        return _make_volume(Path(name), np.asarray(img.dataobj, dtype=np.float32), img, [])
 
 
 def _make_volume(path: Path, data: np.ndarray, img, notes: list[str]) -> Volume:

@@ -1,4 +1,8 @@
-"""Rich progress bars on stderr; ``quiet`` turns them into a no-op."""
+"""Rich progress bars on stderr; ``quiet`` (or a stderr that is not a terminal) turns them off.
+
+Off a terminal (logs, CI, pipes) a bar would only print its final frame among the
+error lines, so it is not shown at all.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,12 @@ class _Silent:
 
 @contextlib.contextmanager
 def progress(quiet: bool = False, extra: str | None = None):
-    if quiet:
+    console = Console(file=sys.stderr)
+    if quiet or not console.is_terminal:
         yield _Silent()
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     if extra:
         cols.append(TextColumn(extra))
-    with Progress(*cols, console=Console(file=sys.stderr), transient=False) as bar:
+    with Progress(*cols, console=console, transient=False) as bar:
         yield bar

@@ -1,0 +1,171 @@
+"""Speed of ``rlp-heatmap``'s R path against a plain onnxruntime run of R (a measurement, not a unit test).
+
+One 256x256 slice, every window (``all_windows``: 3721 at 256/16/4), R path::
+
+    python -m rlp.bench.heatmap_speed BUNDLE [--input T1.nii.gz] [--batches 32,64] [--threads N] [--repeat 1]
+
+The plain run is an onnxruntime session on R's ONNX file fed the same inpainted
+inputs batch by batch (built with the geometry contract, as any caller must),
+with nothing else around it; it is timed at every batch size and the best one is
+the baseline. rlp's run is ``Bundle.heatmap_slice`` with the same backend and
+threads: preprocessing, validation, model calls, pixel map, mapping back to the
+input grid and the top windows. Both window maps must agree.
+
+Without a trained bundle, ``--write-paper-r DIR`` writes a bundle holding the
+paper's R (its exact layer table, 1,558,273 parameters, random weights) so the
+model cost is realistic; its scores mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rlp.runtime import Bundle
+from rlp.runtime.geometry import WindowGeometry, iter_batches
+from rlp.runtime.heatmap import model_geometry
+from rlp.runtime.preprocess import preprocess_slice
+
+
+def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
+    """A bundle with the paper's R (random weights) at 256/16/4, whole-slice input. Needs the onnx package."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rlp.runtime.manifest import Manifest, ModelEntry, TensorSpec, file_entry_fields
+    from rlp.runtime.preprocess import Preprocessing
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def conv(x, cin, cout, k, stride, pad, name):
+        w = rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[pad] * 4))
+        return name
+
+    def op(kind, x, name, **kw):
+        nodes.append(helper.make_node(kind, [x], [name], **kw))
+        return name
+
+    x = op("LeakyRelu", conv("image", 1, 64, 3, 2, 1, "conv1"), "act1", alpha=0.2)
+    x = op("MaxPool", conv(x, 64, 128, 3, 2, 1, "conv3"), "pool4", kernel_shape=[2, 2], strides=[2, 2])
+    x = op("LeakyRelu", x, "act5", alpha=0.2)
+    for t, v in (("s", np.ones(128)), ("bb", np.zeros(128)), ("m", np.zeros(128)), ("v", np.ones(128))):
+        inits.append(numpy_helper.from_array(v.astype(np.float32), f"bn6.{t}"))
+    nodes.append(helper.make_node("BatchNormalization", [x, "bn6.s", "bn6.bb", "bn6.m", "bn6.v"], ["bn6"]))
+    x = op("MaxPool", conv("bn6", 128, 256, 3, 2, 1, "conv7"), "pool8", kernel_shape=[2, 2], strides=[2, 2])
+    x = op("LeakyRelu", x, "act9", alpha=0.2)
+    x = op("MaxPool", conv(x, 256, 512, 3, 2, 1, "conv10"), "pool11", kernel_shape=[2, 2], strides=[2, 2])
+    x = op("LeakyRelu", x, "act12", alpha=0.2)
+    x = op("Sigmoid", conv(x, 512, 1, 4, 1, 1, "conv13"), "sig14")
+    op("Flatten", x, "loss", axis=1)
+    graph = helper.make_graph(nodes, "paper_r", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 256, 256])],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, ["batch", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="rlp-bench")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    n_params = sum(int(np.prod(t.dims)) for t in inits if not t.name.startswith("bn6.") or t.name[4:] in ("s", "bb"))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / "r.onnx"))
+    entry = ModelEntry(role="r", file="r.onnx", **file_entry_fields(folder / "r.onnx"),
+                       inputs=[TensorSpec("image", ["batch", 1, 256, 256])], outputs=[TensorSpec("loss", ["batch", 1])],
+                       opset=17, input_kind="image", architecture={"name": "paper R, random weights", "params": n_params})
+    man = Manifest(preprocessing=Preprocessing(size=256), geometry=WindowGeometry(256, 16, 4), models={"r": entry},
+                   rlp_version="bench", created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    (folder / "manifest.json").write_text(json.dumps(man.to_dict(), indent=2))
+    return folder
+
+
+def _slice(path: str | None) -> tuple[np.ndarray, tuple[float, float]]:
+    if path is None:
+        yy, xx = np.meshgrid(np.linspace(-1, 1, 256), np.linspace(-1, 1, 256), indexing="ij")
+        img = np.where((yy / 0.8) ** 2 + (xx / 0.7) ** 2 < 1, 100 + 30 * np.cos(7 * yy) * np.sin(5 * xx), 0.0)
+        return img.astype(np.float32), (1.0, 1.0)
+    from rlp.runtime.nifti import load_nifti
+
+    vol = load_nifti(path)
+    k, n = vol.slices("axial")
+    return vol.get_slice(k, n // 2)
+
+
+def plain_ort(model_file: Path, image: np.ndarray, geom: WindowGeometry, batch: int, threads: int | None) -> tuple[float, np.ndarray]:
+    """Seconds for every window of ``image`` (model grid) through a bare onnxruntime session, and the scores."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or 0
+    sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
+    boxes = geom.window_boxes()
+    padded = geom.pad(image)
+    out = np.empty(len(boxes))
+    t0 = time.perf_counter()
+    for sl in iter_batches(len(boxes), batch):
+        out[sl] = sess.run(["loss"], {"image": geom.crops(padded, boxes[sl])})[0][:, 0]
+    return time.perf_counter() - t0, out.reshape(geom.grid_shape)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rlp.bench.heatmap_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", nargs="?", help="bundle folder with an R model")
+    p.add_argument("--write-paper-r", metavar="DIR", help="write a bundle with the paper's R (random weights) and use it")
+    p.add_argument("--input", help="NIfTI file: its middle axial slice (default: a synthetic 256x256 slice)")
+    p.add_argument("--batches", default="32,64", help="batch sizes to try (default 32,64)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest counts")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if args.write_paper_r:
+        args.bundle = str(paper_r_bundle(args.write_paper_r))
+    if not args.bundle:
+        p.error("give a BUNDLE or --write-paper-r DIR")
+    batches = [int(b) for b in args.batches.split(",")]
+    image, spacing = _slice(args.input)
+    rows = []
+    with Bundle.load(args.bundle, backend="ort-cpu", threads=args.threads) as bundle:
+        entry = bundle.manifest.models["r"]
+        geom = model_geometry(bundle.manifest.geometry, entry)
+        prep = preprocess_slice(image, bundle.manifest.preprocessing, spacing)
+        print(f"bundle {args.bundle}: R {entry.architecture or entry.file}, geometry {geom.size}/{geom.window}/"
+              f"{geom.stride} ({geom.n_windows} windows), slice {image.shape}, threads {args.threads or 'default'}",
+              file=sys.stderr)
+        plain_maps = {}
+        for b in batches:
+            best = min((plain_ort(bundle.root / entry.file, prep.image, geom, b, args.threads) for _ in range(args.repeat)),
+                       key=lambda r: r[0])
+            plain_maps[b] = best[1]
+            rows.append({"what": "plain onnxruntime", "batch": b, "seconds": round(best[0], 3)})
+            print(f"plain onnxruntime  batch {b:4d}: {best[0]:8.2f} s", file=sys.stderr)
+    for b in batches:
+        with Bundle.load(args.bundle, backend="ort-cpu", threads=args.threads, batch=b) as bundle:
+            runs = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                res = bundle.heatmap_slice(image, spacing, path="r", all_windows=True)
+                runs.append((time.perf_counter() - t0, res))
+            sec, res = min(runs, key=lambda r: r[0])
+        diff = float(np.abs(res.window_map - plain_maps[b]).max())
+        rows.append({"what": "rlp heatmap_slice", "batch": b, "seconds": round(sec, 3),
+                     "model_seconds": round(res.timings["model_s"], 3), "max_abs_diff_vs_plain": diff,
+                     "windows": res.n_evaluated})
+        print(f"rlp heatmap_slice  batch {b:4d}: {sec:8.2f} s (model {res.timings['model_s']:.2f} s, "
+              f"{res.n_evaluated} windows, max |diff| vs plain {diff:.2g})", file=sys.stderr)
+    best_plain = min(r["seconds"] for r in rows if r["what"] == "plain onnxruntime")
+    best_rlp = min(r["seconds"] for r in rows if r["what"] == "rlp heatmap_slice")
+    print(f"best: plain {best_plain:.2f} s, rlp {best_rlp:.2f} s (ratio rlp/plain {best_rlp / best_plain:.3f})",
+          file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "best_plain_s": best_plain, "best_rlp_s": best_rlp}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

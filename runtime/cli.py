@@ -1,0 +1,353 @@
+"""``rlp-heatmap``: anomaly heatmaps for NIfTI slices and volumes, without PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_path
+from .backends import BACKENDS, Backend
+from .cliutil import run_main
+from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
+from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PATHS, PRECISIONS, Bundle, VolumeHeatmap,
+                      default_bundle)
+from .nifti import AXES, nifti_stem, save_like
+from .overlay import MAX_PANELS, Panel, pick_slices, render
+
+PROG = "rlp-heatmap"
+
+EPILOG = f"""\
+outputs (in --out, per input <stem>):
+  <stem>_heatmap.nii.gz   float32 heatmap with the input's shape, affine, qform and sform (slope 1)
+  <stem>_overlay.png      the slice (or, for volumes, a montage of the {MAX_PANELS} slices with the
+                          highest scores) in grey, the heatmap in colour, the top window boxed
+  <stem>_summary.json     bundle and manifest hash, path, backend, timings, windows evaluated,
+                          top windows with voxel and world (mm) coordinates, warnings
+  <stem>_windows.npy      with --save-window-map: the window map (rows x cols; slices x rows x cols
+                          for volumes), 0 where a window was skipped
+
+existing outputs are never overwritten without --force: an input whose outputs exist fails
+(exit 73) and the other inputs still run. All files are written atomically; an input that
+fails (or Ctrl-C) leaves none of its outputs behind.
+
+non-finite voxels (NaN/Inf): refused by default (the bundle's preprocessing policy);
+--nonfinite zero replaces them with 0 (background) and warns. Slices with no brain tissue,
+or with one value everywhere, get a heatmap of 0 and a warning.
+
+exit status: 0 all inputs done; otherwise the first failure's code: 2 usage, 65 bad input
+data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot create output,
+74 I/O error, 77 refused for security (bundle hashes, paths, custom operators), 130 interrupted.
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise _UsageError(message)
+
+
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
+                            "R predicts each window's reconstruction loss (fast); G computes it (exact, slow).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume")
+    p.add_argument("--bundle", metavar="DIR",
+                   help="model bundle written by rlp-export (required: this install has no embedded demo bundle yet)")
+    p.add_argument("--out", metavar="DIR", default="rlp-out", help="output folder (default: ./rlp-out)")
+    p.add_argument("--path", choices=PATHS, default="r", help="r: R predicts the loss (default); g: G, exact and slow")
+    p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
+                   help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: the bundle's fp16 models on GPU backends, fp32 on the CPU")
+    p.add_argument("--batch", type=_int_at_least(1), default=DEFAULT_BATCH, help=f"windows per model call (default {DEFAULT_BATCH})")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--axis", choices=tuple(AXES), default="axial",
+                   help="slice orientation for volumes (default axial; single-slice files use their own)")
+    p.add_argument("--slice", type=_int_at_least(0), default=None, metavar="N",
+                   help="only the slice with voxel index N along the file axis closest to --axis (as viewers show it)")
+    p.add_argument("--all-windows", action="store_true", help="evaluate windows without brain tissue too")
+    p.add_argument("--save-window-map", action="store_true", help="also write <stem>_windows.npy")
+    p.add_argument("--top-k", type=_int_at_least(0), default=DEFAULT_TOP_K, metavar="K",
+                   help=f"windows listed in the summary (default {DEFAULT_TOP_K})")
+    p.add_argument("--nonfinite", choices=NONFINITE, default=None,
+                   help="NaN/Inf voxels: error (default, from the bundle) or zero (replace with 0 and warn)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings or notes on stderr")
+    p.add_argument("--json", action="store_true", help="print the summaries as one JSON list on stdout")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+# --------------------------------------------------------------------------- helpers
+_live = None  # the rich console while a progress bar is shown (messages must go through it)
+
+
+def _say(msg: str) -> None:
+    if _live is not None:  # printed above the bar; soft wrap keeps one message one line
+        _live.print(f"{PROG}: {msg}", soft_wrap=True, markup=False, highlight=False, emoji=False)
+    else:
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _outputs(out_dir: Path, stem: str, window_map: bool) -> dict[str, Path]:
+    outs = {"heatmap": out_dir / f"{stem}_heatmap.nii.gz", "overlay": out_dir / f"{stem}_overlay.png",
+            "summary": out_dir / f"{stem}_summary.json"}
+    if window_map:
+        outs["windows"] = out_dir / f"{stem}_windows.npy"
+    return outs
+
+
+def _panels(res: VolumeHeatmap) -> list[Panel]:
+    vol, k = res.volume, res.axis
+    scores = [r.max_score for r in res.results]
+    if max(scores, default=0.0) > 0:
+        chosen = pick_slices(scores, MAX_PANELS)
+    else:
+        chosen = sorted(set(np.linspace(0, len(scores) - 1, min(len(scores), MAX_PANELS)).round().astype(int)))
+    spacing = tuple(z for j, z in enumerate(vol.zooms) if j != k)
+    panels = []
+    for i in chosen:
+        c = vol.file_to_canonical_index(k, res.slices[i])
+        r = res.results[i]
+        title = f"slice {res.slices[i]}  max {r.max_score:.3g}" if len(res.results) > 1 else f"max {r.max_score:.3g}"
+        panels.append(Panel(np.take(vol.data, c, axis=k), np.take(res.canonical_heatmap, c, axis=k), spacing,
+                            r.top[0].box if r.top else None, title))
+    return panels
+
+
+def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs: dict[str, Path]) -> dict:
+    body = res.summary()
+    warnings = body.pop("warnings")
+    warnings += [n for n in backend.notes if n not in warnings]
+    out = {
+        "rlp_version": __version__,
+        "input": body.pop("input"),
+        "outputs": {k: str(p) for k, p in outputs.items()},
+        "bundle": {**bundle.describe(), "model": backend.model.key, "model_sha256": backend.model.entry.sha256},
+        "backend": backend.describe(),
+        "batch": bundle.batch,
+        "all_windows": bool(args.all_windows),
+        **body,
+        "warnings": warnings,
+    }
+    if "windows" in outputs:
+        maps = res.window_maps
+        out["window_map"] = {"shape": list(maps.shape if len(res.results) > 1 else maps.shape[1:]),
+                             "axes": ("slice (file index order), " if len(res.results) > 1 else "")
+                             + "window row, window column on the canonical (RAS+) model grid"}
+    return out
+
+
+def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool) -> None:
+    """Write every output of one input, all or nothing (temporary files first, then renamed)."""
+    before = {k: _ident(p) for k, p in outputs.items()}
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with contextlib.ExitStack() as stack:
+            temps: list[Path] = []
+
+            def temp(key: str, suffix: str) -> Path:
+                temps.append(stack.enter_context(atomic_path(outputs[key], force=force, suffix=suffix)))
+                return temps[-1]
+
+            save_like(temp("heatmap", ".nii.gz"), res.heatmap, res.volume, force=True)
+            temp("overlay", ".png").write_bytes(png)
+            if "windows" in outputs:
+                maps = res.window_maps
+                with open(temp("windows", ".npy"), "wb") as fh:
+                    np.save(fh, maps if len(res.results) > 1 else maps[0], allow_pickle=False)
+            temp("summary", ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            for t in temps:  # mkstemp makes 0600 files; outputs get the usual permissions
+                os.chmod(t, 0o666 & ~umask)
+    except BaseException:
+        # A failure while the files were being moved into place: remove the ones already moved.
+        for k, p in outputs.items():
+            now = _ident(p)
+            if now is not None and now != before[k]:
+                p.unlink(missing_ok=True)
+        raise
+
+
+def _ident(p: Path):
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """A transient progress bar on stderr, only on a terminal (logs get the one-line messages alone)."""
+    global _live
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        _live = console
+        try:
+            yield bar
+        finally:
+            _live = None
+
+
+# --------------------------------------------------------------------------- main
+def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, seen: dict[str, str],
+             progress, label: str) -> dict:
+    stem = nifti_stem(inp)
+    outputs = _outputs(out_dir, stem, args.save_window_map)
+    if stem in seen:
+        raise CannotCreate(f"its outputs would overwrite those of {seen[stem]} (same name {stem!r}); rename one", inp)
+    if not args.force:
+        for p in outputs.values():
+            if p.exists():
+                raise CannotCreate(f"output {p} exists; pass --force to overwrite", inp)
+    task = None
+    if progress is not None:
+        task = progress.add_task(label, total=None)
+
+    def on_slice(done: int, total: int) -> None:
+        if task is not None:
+            progress.update(task, completed=done, total=total)
+
+    t0 = time.perf_counter()
+    try:
+        res = bundle.heatmap_nifti(inp, axis=args.axis, slice=args.slice, path=args.path,
+                                   all_windows=args.all_windows, top_k=args.top_k, nonfinite=args.nonfinite,
+                                   progress=on_slice)
+    finally:
+        if task is not None:
+            progress.remove_task(task)
+    t1 = time.perf_counter()
+    name = Path(inp).name
+    what = "predicted window L1 loss (R)" if args.path == "r" else "window L1 loss (G)"
+    png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=what,
+                 with_input=len(res.results) == 1)
+    summary = _summary(res, bundle, backend, args, outputs)
+    summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
+    summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
+    _write_outputs(outputs, res, png, summary, args.force)
+    seen[stem] = inp
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _say(f"{exc} (see {PROG} --help)")
+        return EX_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    if args.bundle is None and default_bundle() is None:
+        _say(NO_BUNDLE)
+        return EX_USAGE
+
+    def body() -> int:
+        with warnings.catch_warnings():
+            if not os.environ.get("RLP_DEBUG"):  # library RuntimeWarnings are not for users; our own notes are
+                warnings.simplefilter("ignore")
+            return _run(args)
+
+    return run_main(PROG, body)  # bundle-level errors, Ctrl-C (130), a closed stdout
+
+
+def _run(args) -> int:
+    bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
+                         precision=args.precision)
+    backend = bundle.backend(args.path)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CannotCreate(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from None
+    if not args.quiet:
+        auto = backend.details.get("auto")
+        how = ""
+        if auto:
+            how = " (auto" + (f"; unavailable: {', '.join(auto['skipped'])}" if auto["skipped"] else "") + ")"
+        _say(f"backend {backend.name}{how}, model {backend.model.key} from {bundle.root}")
+        for note in backend.notes:
+            _say(f"note: {note}")
+    first_failure = EX_OK
+    reports: list[dict] = []
+    seen: dict[str, str] = {}
+    with bundle, _progress(args.quiet) as progress:
+        for n, inp in enumerate(args.inputs, 1):
+            label = f"[{n}/{len(args.inputs)}] {Path(inp).name}"
+            report, code = _attempt(inp, args, bundle, backend, out_dir, seen, progress, label)
+            reports.append(report)
+            first_failure = first_failure or code
+            if code == EX_OK and not args.quiet:
+                for w in report["warnings"]:
+                    if w not in backend.notes:  # those were said once, above
+                        _say(f"{inp}: warning: {w}")
+                top = report["top_windows"][0] if report["top_windows"] else None
+                where = f" at voxel {top['voxel']} ({top['world_mm']} mm)" if top else ""
+                _say(f"{inp}: max score {report['max_score']:.4g}{where} -> {report['outputs']['heatmap']} "
+                     f"({report['timings']['total_s']:.1f} s)")
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return first_failure
+
+
+def _attempt(inp: str, *context) -> tuple[dict, int]:
+    """Process one input; a failure is reported in one line and does not stop the others."""
+    try:
+        summary = _process(inp, *context)
+        return {**summary, "ok": True}, EX_OK
+    except RlpError as exc:
+        msg, code = (str(exc) if exc.path else f"{inp}: {exc}"), exc.code
+    except MemoryError:
+        msg, code = f"{inp}: out of memory (try a smaller --batch)", EX_SOFTWARE
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("RLP_DEBUG"):
+            traceback.print_exc()
+        msg = (f"{inp}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+               "please report it (RLP_DEBUG=1 shows the traceback)")
+        code = EX_SOFTWARE
+    _say(msg)
+    return {"input": inp, "ok": False, "error": msg, "exit_code": code}, code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Heatmaps of predicted (R) or exact (G) window reconstruction loss, without PyTorch.
+
+Load a bundle once, then ask for heatmaps::
+
+    from rlp.runtime import Bundle
+
+    with Bundle.load("bundles/demo", backend="auto", batch=64) as bundle:
+        res = bundle.heatmap_slice(array2d, spacing=(1.0, 1.0), path="r")
+        res.pixel_map          # float32, the input's shape
+        vol = bundle.heatmap_nifti("sub-01_T1w.nii.gz", axis="axial")
+        vol.heatmap            # float32, the file's shape and orientation
+
+One slice (the contracts live in :mod:`.preprocess` and :mod:`.geometry`):
+
+1. ``preprocess_slice`` normalises the slice and resamples it to the model grid;
+   a slice with no brain tissue (or with one value everywhere) gets a heatmap of
+   zeros and a warning, never NaN;
+2. windows holding no brain tissue are skipped (score 0) unless ``all_windows``;
+3. each evaluated window's box is painted with ``geometry.fill`` in the model
+   input (a context crop, or the whole slice), in batches:
+   path ``r``: score = R's predicted window loss; path ``g``: score = the L1 loss
+   inside the box between G's reconstruction and the original pixels;
+4. the window map becomes a pixel map (each pixel the mean of the evaluated
+   windows covering it) and goes back on the input grid with the exact inverse
+   of the resampling.
+
+:func:`score_windows` is step 3 as a pure function of a predictor callable (in
+the style of MONAI's ``sliding_window_inference``), for use without a bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
+from .errors import EX_USAGE, BadInput, InputMissing, RlpError
+from .geometry import WindowGeometry, iter_batches
+from .manifest import MANIFEST, REBUILD, Manifest, ModelEntry, load_bundle_manifest, sha256_file
+from .nifti import AXES, Volume, load_nifti, volume_from_array
+from .preprocess import Prepared, Resampler, preprocess_slice
+
+DEFAULT_BUNDLE = files("rlp.runtime") / "demo"
+NO_BUNDLE = ("no bundle given: pass --bundle DIR (a folder written by rlp-export); "
+             "this install has no embedded demo bundle yet")
+DEFAULT_BATCH = 64
+DEFAULT_TOP_K = 5
+PATHS = ("r", "g")
+PRECISIONS = ("auto", "fp32", "fp16")
+NONFINITE = ("error", "zero")
+AXIS_NAMES = {v: k for k, v in AXES.items()}
+# How R's output maps to a window L1 loss (ModelEntry.target_transform).
+TARGET_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda y: y}
+
+
+def default_bundle() -> Path | None:
+    """The embedded demo bundle, when this install ships one."""
+    p = Path(str(DEFAULT_BUNDLE))
+    return p if (p / MANIFEST).is_file() else None
+
+
+def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> WindowGeometry:
+    """The geometry of what a model reads: context crops (``"crop"``) or whole slices (``"image"``)."""
+    if entry.input_kind == "crop":
+        return geometry
+    if entry.input_kind == "image":
+        return dataclasses.replace(geometry, context=None)
+    raise BadInput(f"model {entry.file} has unknown input_kind {entry.input_kind!r}; {REBUILD}", where)
+
+
+def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
+                  predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Scores of the windows at ``boxes`` (top-left rows, cols) of one model-grid slice.
+
+    ``predict`` maps a float32 batch (B, 1, S, S) of inpainted model inputs to
+    R's predicted losses (B, 1) (path ``"r"``) or to G's reconstructions
+    (B, 1, S, S) (path ``"g"``, scored by ``geometry.box_l1`` against the
+    original pixels).
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
+    padded = geometry.pad(np.asarray(image, dtype=np.float32))
+    out = np.empty(len(boxes), dtype=np.float64)
+    for sl in iter_batches(len(boxes), max(1, int(batch))):
+        b = boxes[sl]
+        y = predict(geometry.crops(padded, b, inpaint=True))
+        if path == "r":
+            out[sl] = np.asarray(y, dtype=np.float64).reshape(len(b), -1)[:, 0]
+        else:
+            out[sl] = geometry.box_l1(np.asarray(y), geometry.crops(padded, b, inpaint=False), b)
+        if on_batch is not None:
+            on_batch(len(b))
+    return out
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Window:
+    """One scored window, located on the model grid, the input slice and (volumes) in the file and world."""
+
+    score: float
+    grid: tuple[int, int]  # (row, col) in the window map
+    box_model: tuple[int, int, int, int]  # r0, c0, r1, c1 on the model grid, end exclusive
+    centre: tuple[float, float]  # window centre, continuous (row, col) index on the input slice
+    box: tuple[float, float, float, float]  # a0, b0, a1, b1: window edges on the input slice (may reach the padding)
+    rank: int = 0
+    slice: int | None = None  # file index along the slice axis (volumes)
+    voxel: tuple[float, ...] | None = None  # window centre, continuous voxel index in the file's array
+    world: tuple[float, float, float] | None = None  # window centre in mm, through the input's affine
+
+    def to_dict(self) -> dict:
+        d = {"rank": self.rank, "score": float(self.score), "grid": list(self.grid), "box_model": list(self.box_model),
+             "centre_slice": [round(float(v), 3) for v in self.centre],
+             "box_slice": [round(float(v), 3) for v in self.box]}
+        if self.slice is not None:
+            d["slice"] = int(self.slice)
+        if self.voxel is not None:
+            d["voxel"] = [round(float(v), 3) for v in self.voxel]
+        if self.world is not None:
+            d["world_mm"] = [round(float(v), 3) for v in self.world]
+        return d
+
+
+@dataclass
+class SliceHeatmap:
+    pixel_map: np.ndarray  # on the input slice's grid, float32
+    window_map: np.ndarray  # geometry.grid_shape, float32; 0 where not evaluated
+    evaluated: np.ndarray  # geometry.grid_shape, bool
+    model_map: np.ndarray  # pixel map on the model grid (size x size)
+    top: list[Window]
+    n_evaluated: int
+    n_windows: int
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    empty: bool = False
+    resampler: Resampler | None = None
+
+    @property
+    def max_score(self) -> float:
+        return float(self.window_map.max()) if self.n_evaluated else 0.0
+
+
+@dataclass
+class VolumeHeatmap:
+    """A heatmap for a NIfTI image (or an array with an affine), on the input's own grid."""
+
+    heatmap: np.ndarray  # the file's shape and orientation, float32
+    volume: Volume
+    axis: int  # canonical (RAS+) axis the slices are normal to
+    slices: list[int]  # file indices along that axis, ascending
+    results: list[SliceHeatmap]
+    top: list[Window]
+    path: str
+    timings: dict[str, float]
+    warnings: list[str]
+    canonical_heatmap: np.ndarray  # same values on the canonical grid of volume.data
+
+    @property
+    def axis_name(self) -> str:
+        return AXIS_NAMES[self.axis]
+
+    @property
+    def window_maps(self) -> np.ndarray:
+        """(slices, rows, cols) window maps, slices in file-index order."""
+        return np.stack([r.window_map for r in self.results])
+
+    @property
+    def max_score(self) -> float:
+        return max((r.max_score for r in self.results), default=0.0)
+
+    def summary(self) -> dict:
+        v = self.volume
+        n_ev = sum(r.n_evaluated for r in self.results)
+        n_all = sum(r.n_windows for r in self.results)
+        file_axis, _ = v.file_axis(self.axis)
+        return {
+            "input": str(v.path),
+            "shape": list(v.file_shape),
+            "path": self.path,
+            "axis": self.axis_name,
+            "file_axis": file_axis,
+            "slices": {"processed": len(self.slices), "total": int(v.data.shape[self.axis]),
+                       "empty": sum(r.empty for r in self.results)},
+            "windows": {"evaluated": n_ev, "total": n_all},
+            "max_score": self.max_score,
+            "top_windows": [w.to_dict() for w in self.top],
+            "per_slice": [{"slice": s, "max_score": r.max_score, "windows_evaluated": r.n_evaluated,
+                           "empty": r.empty} for s, r in zip(self.slices, self.results)],
+            "timings": {k: round(t, 4) for k, t in self.timings.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+# --------------------------------------------------------------------------- bundle
+class Bundle:
+    """A verified bundle and its backends (created on first use, once per path)."""
+
+    def __init__(self, root: Path, manifest: Manifest, manifest_sha256: str, *, backend: str = "auto",
+                 threads: int | None = None, batch: int = DEFAULT_BATCH, precision: str = "auto"):
+        if precision not in PRECISIONS:
+            raise RlpError(f"precision must be one of {', '.join(PRECISIONS)}", code=EX_USAGE)
+        if int(batch) < 1:
+            raise RlpError("batch must be at least 1", code=EX_USAGE)
+        if threads is not None and int(threads) < 1:
+            raise RlpError("threads must be at least 1", code=EX_USAGE)
+        self.root = Path(root)
+        self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
+        self.backend_kind = backend
+        self.threads = threads
+        self.batch = int(batch)
+        self.precision = precision
+        self._checked: dict[str, CheckedModel] = {}
+        self._backends: dict[str, Backend] = {}
+        if manifest.preprocessing.size != manifest.geometry.size:
+            raise BadInput(f"preprocessing size {manifest.preprocessing.size} != geometry size "
+                           f"{manifest.geometry.size}; {REBUILD}", self.root / MANIFEST)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **options) -> "Bundle":
+        """Read and verify a bundle (schema, sizes, sha256 of every file) before any model is parsed.
+
+        ``path`` defaults to the embedded demo bundle when there is one. Options:
+        ``backend`` (auto, ort-cpu, ort-cuda, ort-trt, trt), ``threads``,
+        ``batch``, ``precision`` (auto: fp16 models on GPU backends when the
+        bundle has them).
+        """
+        root = Path(path) if path is not None else default_bundle()
+        if root is None:
+            raise InputMissing(NO_BUNDLE)
+        manifest = load_bundle_manifest(root)
+        return cls(root, manifest, sha256_file(root / MANIFEST), **options)
+
+    # -- models and backends
+    def _model_key(self, path: str, kind: str) -> str:
+        models = self.manifest.models
+        if path not in PATHS:
+            raise RlpError(f"path must be one of {', '.join(PATHS)}, got {path!r}", code=EX_USAGE)
+        fp16 = f"{path}_fp16"
+        if self.precision == "fp16" or (self.precision == "auto" and kind in GPU_BACKENDS and fp16 in models):
+            if fp16 not in models:
+                raise BadInput(f"the bundle has no fp16 model for path {path} (models: {', '.join(models)})", self.root)
+            return fp16
+        if path not in models:
+            raise BadInput(f"the bundle has no model for path {path} (models: {', '.join(models) or 'none'})", self.root)
+        return path
+
+    def checked_model(self, key: str) -> CheckedModel:
+        """The hash-checked model ``key``, validated against the geometry contract."""
+        if key not in self._checked:
+            entry = self.manifest.models[key]
+            path = key.split("_", 1)[0]
+            if entry.role and entry.role != path:
+                raise BadInput(f"model {key!r} has role {entry.role!r}; {REBUILD}", self.root)
+            if path == "r" and entry.target_transform not in TARGET_TRANSFORMS:
+                raise BadInput(f"model {key!r} has target_transform {entry.target_transform!r}, which this rlp "
+                               f"does not know (it knows {', '.join(TARGET_TRANSFORMS)}); upgrade rlp", self.root)
+            s = model_geometry(self.manifest.geometry, entry, self.root).input_size
+            model = check_model(self.root, key, entry)
+            want_in = (None, 1, s, s)
+            want_out = (None, 1) if path == "r" else want_in
+            for what, spec, want in (("input", model.input, want_in), ("output", model.output, want_out)):
+                if len(spec.shape) != len(want) or any(
+                        a is not None and b is not None and a != b for a, b in zip(spec.shape, want)):
+                    raise BadInput(f"model {key!r} {what} {spec.describe()} does not fit the geometry "
+                                   f"(expected [batch,{','.join(map(str, want[1:]))}]); {REBUILD}", self.root)
+            self._checked[key] = model
+        return self._checked[key]
+
+    def backend(self, path: str = "r") -> Backend:
+        """The backend running ``path``'s model (created once, then reused)."""
+        if path not in self._backends:
+            self._model_key(path, "ort-cpu")  # a clear error for a path the bundle lacks
+            self._backends[path] = create_backend(
+                self.backend_kind, lambda kind: self.checked_model(self._model_key(path, kind)),
+                threads=self.threads, engines=self.manifest.engines, max_batch=self.batch)
+        return self._backends[path]
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> dict:
+        return {"path": str(self.root.resolve()), "manifest_sha256": self.manifest_sha256,
+                "rlp_version": self.manifest.rlp_version, "created": self.manifest.created}
+
+    # -- heatmaps
+    def heatmap_slice(self, image: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), *, path: str = "r",
+                      all_windows: bool = False, top_k: int = DEFAULT_TOP_K, mask: np.ndarray | None = None,
+                      nonfinite: str | None = None, source=None) -> SliceHeatmap:
+        """Heatmap of one 2D slice (any shape; ``spacing`` = voxel size in mm along its two axes)."""
+        cfg = self.manifest.preprocessing
+        if nonfinite is not None:
+            if nonfinite not in NONFINITE:
+                raise RlpError(f"nonfinite must be one of {', '.join(NONFINITE)}", code=EX_USAGE)
+            cfg = dataclasses.replace(cfg, nonfinite=nonfinite)
+        t0 = time.perf_counter()
+        prep = preprocess_slice(image, cfg, tuple(spacing), mask, path=source)
+        return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0)
+
+    def _heatmap_prepared(self, prep: Prepared, path: str, all_windows: bool, top_k: int,
+                          t_pre: float) -> SliceHeatmap:
+        geom = self.manifest.geometry
+        backend = self.backend(path)
+        warnings = []
+        if prep.n_nonfinite:
+            warnings.append(f"replaced {prep.n_nonfinite} non-finite voxel(s) with 0")
+        t0 = time.perf_counter()
+        model_s = 0.0
+        wm = np.zeros(geom.grid_shape, dtype=np.float32)
+        if prep.empty:
+            ev = np.zeros(geom.grid_shape, dtype=bool)
+            warnings.append("no brain tissue (or one value everywhere): heatmap is 0")
+        else:
+            ev = geom.evaluated(prep.brain, all_windows)
+            boxes = geom.window_boxes()[ev.ravel()]
+            transform = TARGET_TRANSFORMS[backend.model.entry.target_transform] if path == "r" else None
+            dtype = backend.input_dtype
+            n0 = len(backend.latencies)
+
+            def predict(x: np.ndarray) -> np.ndarray:
+                y = backend.run(x.astype(dtype, copy=False)).astype(np.float32, copy=False)
+                return transform(y) if transform is not None else y
+
+            bs = min(self.batch, backend.max_batch or self.batch)
+            scores = score_windows(prep.image, model_geometry(geom, backend.model.entry), boxes, predict,
+                                   path=path, batch=bs)
+            model_s = float(sum(backend.latencies[n0:]))
+            wm[ev] = scores
+        t1 = time.perf_counter()
+        model_map = geom.pixel_map(wm, ev) if ev.any() else np.zeros((geom.size, geom.size), np.float32)
+        pixel = prep.resampler.to_input(model_map).astype(np.float32)
+        top = top_windows(wm, ev, geom, prep.resampler, top_k)
+        t2 = time.perf_counter()
+        timings = {"preprocess_s": t_pre, "model_s": model_s, "windows_s": (t1 - t0) - model_s,
+                   "postprocess_s": t2 - t1, "total_s": t_pre + (t2 - t0)}
+        return SliceHeatmap(pixel, wm, ev, model_map, top, int(ev.sum()), geom.n_windows, timings, warnings,
+                            prep.empty, prep.resampler)
+
+    def heatmap_volume(self, volume: Volume, *, axis: str = "axial", slice: int | None = None, path: str = "r",
+                       all_windows: bool = False, top_k: int = DEFAULT_TOP_K, nonfinite: str | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> VolumeHeatmap:
+        """Heatmap of every slice along ``axis`` (or of the one with file index ``slice``).
+
+        ``axis`` is anatomical (axial, coronal, sagittal: the slices are normal
+        to that world axis); for a single-slice image its singleton axis is
+        used. ``slice`` is the voxel index along the file's own array axis
+        closest to ``axis``, as image viewers show it. Non-finite voxels follow
+        ``nonfinite`` (default: the bundle's preprocessing, normally "error").
+        """
+        t_start = time.perf_counter()
+        k, n = volume.slices(axis)
+        if slice is None:
+            indices = list(range(n))
+        else:
+            if not 0 <= int(slice) < n:
+                raise BadInput(f"slice {slice} is out of range: the {AXIS_NAMES[k]} axis has {n} slice(s) "
+                               f"(0..{n - 1})", volume.path)
+            indices = [int(slice)]
+        canon = [volume.file_to_canonical_index(k, f) for f in indices]
+        policy = nonfinite or self.manifest.preprocessing.nonfinite
+        if policy not in NONFINITE:
+            raise RlpError(f"nonfinite must be one of {', '.join(NONFINITE)}", code=EX_USAGE)
+        warnings = list(volume.warnings)
+        data = np.take(volume.data, canon, axis=k)
+        finite = np.isfinite(data)
+        n_bad = int(data.size - finite.sum())
+        if n_bad == data.size:
+            raise BadInput("every voxel is non-finite (NaN/Inf)", volume.path)
+        if n_bad and policy == "error":
+            raise BadInput(f"{n_bad} non-finite voxel(s) (NaN/Inf); pass --nonfinite zero "
+                           "(nonfinite='zero') to replace them with 0", volume.path)
+        if n_bad:
+            warnings.append(f"replaced {n_bad} non-finite voxel(s) with 0 (--nonfinite zero)")
+        heat = np.zeros(volume.data.shape, dtype=np.float32)
+        results: list[SliceHeatmap] = []
+        windows: list[Window] = []
+        index = [np.s_[:]] * 3
+        for done, (f, c) in enumerate(zip(indices, canon), 1):
+            sl = np.take(data, done - 1, axis=k)
+            if n_bad:
+                sl = np.where(np.isfinite(sl), sl, 0.0)
+            spacing = tuple(z for j, z in enumerate(volume.zooms) if j != k)
+            res = self.heatmap_slice(sl, spacing, path=path, all_windows=all_windows, top_k=top_k,
+                                     nonfinite="error", source=volume.path)
+            index[k] = c
+            heat[tuple(index)] = res.pixel_map
+            for w in res.top:
+                _locate(w, volume, k, c, f)
+            windows.extend(res.top)
+            results.append(res)
+            if progress is not None:
+                progress(done, len(indices))
+        n_empty = sum(r.empty for r in results)
+        if n_empty:
+            what = "the slice holds" if len(results) == 1 else f"{n_empty} of {len(results)} slices hold"
+            warnings.append(f"{what} no brain tissue (or one value everywhere): heatmap is 0 there")
+        windows.sort(key=lambda w: -w.score)
+        top = windows[:top_k]
+        for rank, w in enumerate(top, 1):
+            w.rank = rank
+        timings = {key: sum(r.timings[key] for r in results) for key in ("preprocess_s", "model_s", "windows_s",
+                                                                          "postprocess_s")}
+        timings["total_s"] = time.perf_counter() - t_start
+        return VolumeHeatmap(volume.to_file_grid(heat), volume, k, indices, results, top, path, timings,
+                             warnings, heat)
+
+    def heatmap_nifti(self, file: str | Path, **options) -> VolumeHeatmap:
+        """:meth:`heatmap_volume` of a NIfTI file (2D, 3D, or 4D with one volume), checked on load."""
+        t0 = time.perf_counter()
+        volume = load_nifti(file)
+        t_load = time.perf_counter() - t0
+        out = self.heatmap_volume(volume, **options)
+        out.timings["load_s"] = t_load
+        out.timings["total_s"] += t_load
+        return out
+
+    def heatmap_array(self, data: np.ndarray, affine: np.ndarray | None = None, **options) -> VolumeHeatmap:
+        """:meth:`heatmap_volume` of an in-memory 2D/3D array with its voxel-to-world affine."""
+        return self.heatmap_volume(volume_from_array(data, affine), **options)
+
+
+def top_windows(window_map: np.ndarray, evaluated: np.ndarray, geometry: WindowGeometry,
+                resampler: Resampler, k: int) -> list[Window]:
+    """The ``k`` evaluated windows with the highest scores, located on the input slice."""
+    idx = np.flatnonzero(evaluated.ravel())
+    if k <= 0 or idx.size == 0:
+        return []
+    scores = window_map.ravel()[idx]
+    order = np.argsort(-scores, kind="stable")[:k]
+    pos, w = geometry.positions, geometry.window
+    cols = geometry.grid_shape[1]
+    out = []
+    for rank, o in enumerate(order, 1):
+        i, j = divmod(int(idx[o]), cols)
+        r0, c0 = int(pos[i]), int(pos[j])
+        centre = resampler.model_to_input_coords(r0 + (w - 1) / 2, c0 + (w - 1) / 2)
+        lo = resampler.model_to_input_coords(r0 - 0.5, c0 - 0.5)
+        hi = resampler.model_to_input_coords(r0 + w - 0.5, c0 + w - 0.5)
+        out.append(Window(float(scores[o]), (i, j), (r0, c0, r0 + w, c0 + w),
+                          (float(centre[0]), float(centre[1])),
+                          (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), rank))
+    return out
+
+
+def _locate(w: Window, volume: Volume, k: int, c: int, f: int) -> None:
+    """Fill in a window's file voxel index and world coordinates (slice axis ``k``, canonical index ``c``)."""
+    ijk = list(w.centre)
+    ijk.insert(k, float(c))
+    n = min(3, len(volume.file_shape))
+    w.slice = f
+    w.voxel = tuple(float(v) for v in volume.canonical_to_file(ijk)[0][:n])
+    w.world = tuple(float(v) for v in volume.voxel_to_world(ijk)[0])
