@@ -7,12 +7,12 @@ error lines, so it is not shown at all.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-stderr_console = Console(file=sys.stderr)
+# stderr=True looks sys.stderr up at every write, so later redirection is followed
+stderr_console = Console(stderr=True)
 
 
 class _Silent:
@@ -28,7 +28,7 @@ class _Silent:
 
 @contextlib.contextmanager
 def progress(quiet: bool = False, extra: str | None = None):
-    console = Console(file=sys.stderr)
+    console = Console(stderr=True)
     if quiet or not console.is_terminal:
         yield _Silent()
         return

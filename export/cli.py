@@ -1,0 +1,95 @@
+"""``rlp-export RUN --out BUNDLE``: a trained run folder -> a deployable bundle, behind a parity gate.
+
+Exit codes (sysexits): 0 ok; 2 usage; 65 bad input or a failed parity gate;
+66 input missing; 70 exporter or TensorRT failure, or --trt without TensorRT/GPU;
+73 cannot create the output (exists without --force, disk full); 77 refused for
+security (e.g. a checkpoint that would run code); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from rlp.runtime.cliutil import run_main
+
+from .onnx_export import DEFAULT_OPSET
+from .run import ROLES
+
+PROG = "rlp-export"
+
+
+def _models(text: str) -> tuple[str, ...]:
+    keys = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
+    bad = [k for k in keys if k not in ROLES]
+    if not keys or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(ROLES)}, got {text!r}")
+    return keys
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a trained rlp run (G and/or R) to an ONNX bundle for the torch-free runtime, "
+                    "after checking the exported models against PyTorch on the run's held-out slices.",
+        epilog="example: rlp-export runs/demo --out bundles/demo --fp16",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder written by rlp-train")
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
+    p.add_argument("--trt", action="store_true", help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
+    p.add_argument("--models", type=_models, default=None, metavar="r,g",
+                   help="models to export (default: every model the run has)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")
+    p.add_argument("--quiet", action="store_true", help="no progress display or tables, only errors")
+    p.add_argument("--parity-slices", type=_positive, default=4, metavar="N",
+                   help="held-out slices the parity gate uses (default 4)")
+    p.add_argument("--parity-windows", type=_positive, default=32, metavar="N",
+                   help="window positions per slice for the parity gate (default 32)")
+    p.add_argument("--map-windows", type=_positive, default=4096, metavar="N",
+                   help="most windows in the fp16 whole-slice window map; a coarser stride is used above it (default 4096)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .bundle import ExportOptions, ParityFailure, export_bundle
+    from .parity import table
+    from .progress import Reporter
+
+    reporter = Reporter(quiet=args.quiet)
+    opts = ExportOptions(out=args.out, fp16=args.fp16, trt=args.trt, models=args.models, opset=args.opset,
+                         force=args.force, parity_slices=args.parity_slices, parity_windows=args.parity_windows,
+                         map_windows=args.map_windows)
+    try:
+        with reporter:
+            manifest, result = export_bundle(args.run, opts, reporter)
+    except ParityFailure as exc:
+        reporter.print(table(exc.result, "parity gate: FAILED"))
+        raise
+    reporter.print(table(result, "parity gate: passed"))
+    files = [m.file for m in manifest.models.values()] + [e.file for e in manifest.engines]
+    reporter.line(f"wrote {args.out} ({', '.join(['manifest.json'] + files)})")
+    reporter.line(f"next: rlp-heatmap SLICE.nii.gz --bundle {shlex.quote(str(args.out))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Reading a training run folder (written by ``rlp-train``) for export.
+
+Layout::
+
+    RUN/config.json                     the resolved training config
+    RUN/checkpoints/gan_best.pt         stage "gan": G (and D)
+    RUN/checkpoints/predictor_best.pt   stage "predictor": R
+    RUN/heldout.npz                     held-out real slices: "images" float32 (N,S,S) in [0,1], "brains" bool
+
+Checkpoints load with ``weights_only=True`` only (:func:`rlp.train.checkpoint.load_checkpoint`);
+every problem is a one-line :class:`~rlp.runtime.errors.RlpError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from rlp.runtime.errors import BadInput, InputMissing
+from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.manifest import sha256_file
+from rlp.runtime.preprocess import Preprocessing
+from rlp.train.checkpoint import load_checkpoint
+from rlp.train.models import build
+
+CONFIG = "config.json"
+HELDOUT = "heldout.npz"
+#: model key -> (checkpoint file, stage, key inside the checkpoint)
+CHECKPOINTS = {
+    "g": ("checkpoints/gan_best.pt", "gan", "g"),
+    "r": ("checkpoints/predictor_best.pt", "predictor", "r"),
+}
+ROLES = tuple(CHECKPOINTS)
+LOSS_REGIONS = ("window", "image")
+
+
+@dataclass
+class RunModel:
+    """One trained model of a run, rebuilt in eval mode from its checkpoint."""
+
+    key: str  # "g" | "r"
+    module: nn.Module
+    arch: dict
+    checkpoint: Path
+    state: dict  # the checkpoint without its weights: stage, step, config, data, metrics, ...
+
+    @property
+    def input_size(self) -> int:
+        return int(self.arch.get("input_size", 0))
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    geometry: WindowGeometry
+    preprocessing: Preprocessing
+    models: dict[str, RunModel]
+    images: np.ndarray  # (N, S, S) float32 in [0, 1]
+    brains: np.ndarray  # (N, S, S) bool
+    heldout_sha256: str
+    provenance: dict = field(default_factory=dict)
+    loss_region: str = "window"  # the L1 region R predicts: "window" (default) or "image" (the paper's)
+    target_transform: str = "identity"  # how R's output maps to an L1 loss
+
+
+def _predictor_setting(config: dict, key: str):
+    section = config.get("predictor")
+    return section.get(key) if isinstance(section, dict) else None
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise InputMissing(f"no {CONFIG}; is this an rlp-train run folder?", path.parent)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"not valid JSON ({exc})", path) from None
+    except OSError as exc:
+        raise BadInput(f"cannot read ({exc.strerror or exc})", path) from None
+    if not isinstance(config, dict):
+        raise BadInput("the training config is not a JSON object", path)
+    return config
+
+
+def _read_heldout(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise InputMissing("held-out slices not found (the parity gate runs on them)", path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"images", "brains"} - set(npz.files)
+            if missing:
+                raise BadInput(f"missing array(s) {', '.join(sorted(missing))}", path)
+            images, brains = npz["images"], npz["brains"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInput(f"not a readable .npz of plain arrays ({exc})", path) from None
+    if images.ndim != 3 or images.shape[1:] != (size, size) or len(images) == 0:
+        raise BadInput(f"images have shape {images.shape}, expected (N, {size}, {size}) with N >= 1", path)
+    if brains.shape != images.shape:
+        raise BadInput(f"brains have shape {brains.shape}, images {images.shape}", path)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise BadInput(f"images have dtype {images.dtype}, expected float32", path)
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise BadInput("images hold non-finite values", path)
+    if images.min() < 0 or images.max() > 1:
+        raise BadInput(f"images range over [{images.min():.3g}, {images.max():.3g}], expected preprocessed values in [0, 1]", path)
+    brains = brains.astype(bool, copy=False)
+    if not brains.any():
+        raise BadInput("no held-out slice has any brain pixel", path)
+    return images, brains
+
+
+def _rebuild(ckpt_path: Path, state: dict, key: str) -> tuple[nn.Module, dict]:
+    try:
+        arch = dict(state["arch"][key])
+        weights = state["models"][key]
+    except (KeyError, TypeError):
+        raise BadInput(f"checkpoint has no model {key!r} (arch/models)", ckpt_path) from None
+    try:
+        module = build(arch)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"cannot rebuild model {key!r} from its arch {arch}: {exc}", ckpt_path) from None
+    try:
+        module.load_state_dict(weights, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BadInput(f"weights of {key!r} do not match its architecture: {first}", ckpt_path) from None
+    return module.eval(), arch
+
+
+def _contract(state: dict, ckpt_path: Path) -> tuple[WindowGeometry, Preprocessing]:
+    try:
+        return WindowGeometry.from_dict(state["geometry"]), Preprocessing.from_dict(state["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInput(f"checkpoint lacks a valid geometry/preprocessing contract ({exc})", ckpt_path) from None
+
+
+def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> Run:
+    """Read a run folder. ``models`` names the models to export; ``None``: every one the run has."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputMissing("run folder not found", path)
+    config = _read_config(path / CONFIG)
+    wanted = ROLES if models is None else tuple(models)
+    loaded: dict[str, RunModel] = {}
+    contracts = {}
+    for key in wanted:
+        rel, stage, inner = CHECKPOINTS[key]
+        ckpt_path = path / rel
+        if not ckpt_path.is_file():
+            if models is None:
+                continue
+            raise InputMissing(f"checkpoint for {key.upper()} not found (train it, or leave {key} out of --models)", ckpt_path)
+        state = load_checkpoint(ckpt_path)
+        if state.get("stage") != stage:
+            raise BadInput(f"checkpoint stage is {state.get('stage')!r}, expected {stage!r}", ckpt_path)
+        module, arch = _rebuild(ckpt_path, state, inner)
+        contracts[key] = _contract(state, ckpt_path)
+        meta = {k: v for k, v in state.items() if k not in ("models", "optim", "sched", "rng")}
+        loaded[key] = RunModel(key, module, arch, ckpt_path, meta)
+    if not loaded:
+        raise InputMissing(f"no checkpoint to export (looked for {', '.join(CHECKPOINTS[k][0] for k in ROLES)})", path)
+    (first, (geometry, preprocessing)), *others = contracts.items()
+    for key, (geo, pre) in others:
+        if geo != geometry or pre != preprocessing:
+            raise BadInput(f"{key.upper()} and {first.upper()} were trained with different geometry or preprocessing; "
+                           "retrain the predictor against this G", loaded[key].checkpoint)
+    if preprocessing.size != geometry.size:
+        raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}", loaded[first].checkpoint)
+    _check_inputs(loaded, geometry)
+    images, brains = _read_heldout(path / HELDOUT, geometry.size)
+    provenance = next((m.state.get("data") for m in loaded.values() if m.state.get("data")), {}) or {}
+    region = _predictor_setting(config, "target") or "window"
+    if region not in LOSS_REGIONS:
+        raise BadInput(f"predictor.target {region!r} is not one of {', '.join(LOSS_REGIONS)}", path / CONFIG)
+    r = loaded.get("r")
+    transform = (r.state.get("target_transform") if r else None) or _predictor_setting(config, "target_transform")
+    return Run(path, config, geometry, preprocessing, loaded, images, brains, sha256_file(path / HELDOUT),
+               dict(provenance), str(region), str(transform or "identity"))
+
+
+def _check_inputs(models: dict[str, RunModel], geometry: WindowGeometry) -> None:
+    g = models.get("g")
+    if g is not None:
+        depth = int(g.arch.get("depth", 0))
+        if geometry.input_size % (2**depth):
+            raise BadInput(f"G has {depth} downsampling levels but reads {geometry.input_size}x{geometry.input_size} "
+                           f"inputs (not a multiple of {2**depth})", g.checkpoint)
+    r = models.get("r")
+    if r is not None:
+        input_kind(r, geometry)  # raises when R reads neither the crop nor the slice
+
+
+def input_kind(model: RunModel, geometry: WindowGeometry) -> str:
+    """``"crop"`` when the model reads the context crop around the box, ``"image"`` for the whole slice."""
+    if model.key == "g":
+        return "crop" if geometry.context is not None else "image"
+    side = model.input_size
+    if geometry.context is not None and side == geometry.context:
+        return "crop"
+    if side == geometry.size:
+        return "image"
+    raise BadInput(f"R reads {side}x{side} inputs, but the geometry has slices of {geometry.size} "
+                   f"and context crops of {geometry.context}", model.checkpoint)
+
+
+def input_side(model: RunModel, geometry: WindowGeometry) -> int:
+    """Side of the square the model reads (the contract written into the manifest)."""
+    return geometry.input_size if input_kind(model, geometry) == "crop" else geometry.size
