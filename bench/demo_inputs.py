@@ -21,11 +21,9 @@ import numpy as np
 from rlp.runtime.atomic import atomic_path, write_json
 from rlp.runtime.cliutil import exit_with
 from rlp.runtime.errors import BadInput
-from rlp.runtime.nifti import load_nifti
+from rlp.runtime.nifti import LESION_SUFFIX, load_nifti
 
 from .lesions import insert_lesion
-
-LESION_SUFFIX = "_lesion"
 
 
 def slice_affine(vol, k: int, i: int) -> np.ndarray:

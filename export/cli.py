@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlp.runtime.cliutil import run_main
+from rlp.runtime.cliutil import comma_subset, int_at_least, run_main
 
 from .onnx_export import DEFAULT_OPSET
 from .run import ROLES
@@ -21,22 +21,8 @@ from .run import ROLES
 PROG = "rlp-export"
 
 
-def _models(text: str) -> tuple[str, ...]:
-    keys = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
-    bad = [k for k in keys if k not in ROLES]
-    if not keys or bad:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(ROLES)}, got {text!r}")
-    return keys
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+_models = comma_subset(ROLES)
+_positive = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

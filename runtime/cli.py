@@ -18,11 +18,11 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .backends import BACKENDS, Backend
-from .cliutil import run_main
+from .cliutil import OneLineParser, UsageError, int_at_least, run_main
 from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PATHS, PRECISIONS, Bundle, VolumeHeatmap,
-                      default_bundle)
-from .nifti import AXES, nifti_stem, save_like
+                      default_bundle, demo_slices)
+from .nifti import AXES, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
 
 PROG = "rlp-heatmap"
@@ -51,35 +51,13 @@ data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot crea
 """
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise _UsageError(message)
-
-
-def _int_at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
-        return v
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
                 description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
                             "R predicts each window's reconstruction loss (fast); G computes it (exact, slow).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume; none: the demo slices that ship "
+                        "with rlp (held-out MNI152 slices with synthetic lesions), with a table of top-window hits")
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle written by rlp-export (required: this install has no embedded demo bundle yet)")
     p.add_argument("--out", metavar="DIR", default="rlp-out", help="output folder (default: ./rlp-out)")
@@ -88,15 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: the bundle's fp16 models on GPU backends, fp32 on the CPU")
-    p.add_argument("--batch", type=_int_at_least(1), default=DEFAULT_BATCH, help=f"windows per model call (default {DEFAULT_BATCH})")
-    p.add_argument("--threads", type=_int_at_least(1), default=None, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH, help=f"windows per model call (default {DEFAULT_BATCH})")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads for onnxruntime (default: all cores)")
     p.add_argument("--axis", choices=tuple(AXES), default="axial",
                    help="slice orientation for volumes (default axial; single-slice files use their own)")
-    p.add_argument("--slice", type=_int_at_least(0), default=None, metavar="N",
+    p.add_argument("--slice", type=int_at_least(0), default=None, metavar="N",
                    help="only the slice with voxel index N along the file axis closest to --axis (as viewers show it)")
     p.add_argument("--all-windows", action="store_true", help="evaluate windows without brain tissue too")
     p.add_argument("--save-window-map", action="store_true", help="also write <stem>_windows.npy")
-    p.add_argument("--top-k", type=_int_at_least(0), default=DEFAULT_TOP_K, metavar="K",
+    p.add_argument("--top-k", type=int_at_least(0), default=DEFAULT_TOP_K, metavar="K",
                    help=f"windows listed in the summary (default {DEFAULT_TOP_K})")
     p.add_argument("--nonfinite", choices=NONFINITE, default=None,
                    help="NaN/Inf voxels: error (default, from the bundle) or zero (replace with 0 and warn)")
@@ -170,8 +148,6 @@ def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs
 def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool) -> None:
     """Write every output of one input, all or nothing (temporary files first, then renamed)."""
     before = {k: _ident(p) for k, p in outputs.items()}
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         with contextlib.ExitStack() as stack:
             temps: list[Path] = []
@@ -187,8 +163,6 @@ def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, sum
                 with open(temp("windows", ".npy"), "wb") as fh:
                     np.save(fh, maps if len(res.results) > 1 else maps[0], allow_pickle=False)
             temp("summary", ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            for t in temps:  # mkstemp makes 0600 files; outputs get the usual permissions
-                os.chmod(t, 0o666 & ~umask)
     except BaseException:
         # A failure while the files were being moved into place: remove the ones already moved.
         for k, p in outputs.items():
@@ -273,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         _say(f"{exc} (see {PROG} --help)")
         return EX_USAGE
     except SystemExit as exc:  # --help, --version
@@ -281,12 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bundle is None and default_bundle() is None:
         _say(NO_BUNDLE)
         return EX_USAGE
+    demo = not args.inputs
+    if demo:
+        args.inputs = [str(p) for p in demo_slices()]
+        if not args.inputs:
+            _say(f"no INPUT given and this install ships no demo slices (see {PROG} --help)")
+            return EX_USAGE
 
     def body() -> int:
         with warnings.catch_warnings():
             if not os.environ.get("RLP_DEBUG"):  # library RuntimeWarnings are not for users; our own notes are
                 warnings.simplefilter("ignore")
-            return _run(args)
+            rc = _run(args)
+            if demo:
+                _demo_table(args)
+            return rc
 
     return run_main(PROG, body)  # bundle-level errors, Ctrl-C (130), a closed stdout
 
@@ -328,6 +311,43 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(reports, indent=2))
     return first_failure
+
+
+def _demo_table(args) -> None:
+    """The zero-argument demo: where the top window is, and whether it hits the inserted lesion."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"rlp demo: path {args.path}, outputs in {args.out}")
+    for col in ("slice", "lesion", "max score", "top window (voxel)", "hits lesion"):
+        t.add_column(col, no_wrap=True)
+    hits = n = 0
+    for inp in args.inputs:
+        summary = Path(args.out) / f"{nifti_stem(inp)}_summary.json"
+        mask_file = Path(inp).with_name(f"{nifti_stem(inp)}{LESION_SUFFIX}.nii.gz")
+        if not summary.is_file() or not mask_file.is_file():
+            continue
+        rep = json.loads(summary.read_text(encoding="utf-8"))
+        top = rep["top_windows"][0] if rep["top_windows"] else None
+        hit = top is not None and window_hits(load_nifti(mask_file), top)
+        hits += hit
+        n += 1
+        t.add_row(Path(inp).name, "hyper" if "hyper" in inp else "hypo" if "hypo" in inp else "?",
+                  f"{rep['max_score']:.4g}", "-" if top is None else str([round(v) for v in top["voxel"]]),
+                  "yes" if hit else "no")
+    if n:
+        t.caption = f"top window in the lesion: {hits}/{n}"
+        Console(soft_wrap=True).print(t)
+
+
+def window_hits(mask, top: dict) -> bool:
+    """Does a summary's top window (its box on the input slice) hold a lesion voxel?"""
+    a0, b0, a1, b1 = top["box_slice"]
+    k = mask.slice_axis()
+    sl = np.take(mask.data, mask.file_to_canonical_index(k, top["slice"]), axis=k) > 0
+    r0, r1 = max(0, int(np.ceil(a0))), min(sl.shape[0] - 1, int(np.floor(a1)))
+    c0, c1 = max(0, int(np.ceil(b0))), min(sl.shape[1] - 1, int(np.floor(b1)))
+    return bool(r1 >= r0 and c1 >= c0 and sl[r0 : r1 + 1, c0 : c1 + 1].any())
 
 
 def _attempt(inp: str, *context) -> tuple[dict, int]:

@@ -8,9 +8,10 @@ in their own ``finally``/``except`` blocks, which run before this).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from .errors import EX_INTERRUPTED, EX_SOFTWARE, RlpError
 
@@ -39,3 +40,42 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
 
 def exit_with(prog: str, body: Callable[[], int | None]) -> None:
     sys.exit(run_main(prog, body))
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit 2), raised by :class:`OneLineParser`."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised as :class:`UsageError`) instead of a usage dump."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+
+    return parse
+
+
+def comma_subset(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated, non-empty subset of ``allowed`` (order kept, duplicates dropped)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
+        bad = [x for x in items if x not in allowed]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
+        return items
+
+    return parse

@@ -43,7 +43,7 @@ from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_b
 from .errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .geometry import WindowGeometry, iter_batches
 from .manifest import MANIFEST, REBUILD, Manifest, ModelEntry, load_bundle_manifest, sha256_file
-from .nifti import AXES, Volume, load_nifti, volume_from_array
+from .nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
 from .preprocess import Prepared, Resampler, preprocess_slice
 
 DEFAULT_BUNDLE = files("rlp.runtime") / "demo"
@@ -57,6 +57,14 @@ NONFINITE = ("error", "zero")
 AXIS_NAMES = {v: k for k, v in AXES.items()}
 # How R's output maps to a window L1 loss (ModelEntry.target_transform).
 TARGET_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda y: y}
+
+
+def demo_slices() -> list[Path]:
+    """The demo inputs that ship with rlp (held-out slices with synthetic lesions; masks excluded)."""
+    folder = Path(str(DEFAULT_BUNDLE)) / "slices"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.nii.gz") if not nifti_stem(p).endswith(LESION_SUFFIX))
 
 
 def default_bundle() -> Path | None:

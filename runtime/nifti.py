@@ -34,6 +34,8 @@ from .errors import EX_IOERR, BadInput, InputMissing, RlpError
 MAX_VOXEL_BYTES = int(os.environ.get("RLP_MAX_VOXEL_BYTES", 1 << 30))
 _OK_DTYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}  # u8 i16 i32 f32 f64 i8 u16 u32 i64 u64
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # world axis (RAS) normal to the slice
+# Ground-truth lesion masks beside their slice: <stem>_lesion.nii.gz (demo inputs, bench).
+LESION_SUFFIX = "_lesion"
 
 
 def nifti_suffix(path: str | os.PathLike) -> str | None:

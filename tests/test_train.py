@@ -167,3 +167,21 @@ def test_ddp_two_gloo_processes(tmp_path, mni_tiny):
     assert r.returncode == 0, r.stderr[-2000:]
     st = load_checkpoint(run / "checkpoints" / "gan_last.pt")
     assert st["step"] == 6 and not any(k.startswith("module.") for k in st["models"]["g"])
+
+
+def test_predictor_does_not_collapse_to_a_constant(tiny_run):
+    """The sigmoid head starts at the mean target and stays off the rails (the paper's R collapsed to 0)."""
+    st = load_checkpoint(tiny_run / "checkpoints" / "predictor_best.pt")
+    m = st["metrics"]
+    r = models.build(st["arch"]["r"])
+    r.load_state_dict(st["models"]["r"])
+    r.eval()
+    with np.load(tiny_run / "heldout.npz", allow_pickle=False) as h:
+        imgs = torch.from_numpy(h["images"][:4]).unsqueeze(1)
+    geom = make_geometry(st["config"], imgs.shape[-1])
+    boxes = torch.from_numpy(geom.window_boxes()[::7][: len(imgs)])
+    inp, _, _ = crops_and_inpaint(imgs[: len(boxes)], boxes, geom)
+    with torch.no_grad():
+        pred = r(inp).flatten()
+    assert 0.2 * m["val_target_mean"] < float(pred.mean()) < 5 * m["val_target_mean"]
+    assert m["val_mae_rel"] < 0.9  # a collapsed head gives 1.0 (it predicts 0)

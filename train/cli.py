@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from rlp.runtime.cliutil import exit_with
-from rlp.runtime.errors import EX_USAGE, RlpError
 from rlp.runtime.progress import stderr_console
 
 PROG = "rlp-train"

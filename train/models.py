@@ -143,7 +143,13 @@ class PaperR(nn.Module):
 
 
 class CropR(nn.Module):
-    """A predictor that reads the context crop centred on the box (it is told where the box is)."""
+    """A predictor that reads the context crop centred on the box (it is told where the box is).
+
+    Convolutions, then global average pooling and a linear head on the pooled
+    channels. A head on the flattened map (thousands of inputs, like the paper's
+    last conv) lets one Adam step move the logit by several units: the sigmoid
+    saturates and training stops (seen on the demo data at lr 1e-3).
+    """
 
     def __init__(self, input_size: int = 48, width: int = 32, n_down: int = 3):
         super().__init__()
@@ -157,11 +163,11 @@ class CropR(nn.Module):
             layers += [nn.Conv2d(c, nc, 3, 2, 1), _act(), nn.Conv2d(nc, nc, 3, 1, 1), _act()]
             c = nc
         self.features = nn.Sequential(*layers)
-        s = input_size // 2**n_down
-        self.head = nn.Linear(c * s * s, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c, 1)
 
     def forward(self, x):
-        return torch.sigmoid(self.head(self.features(x).flatten(1)))
+        return torch.sigmoid(self.head(self.pool(self.features(x)).flatten(1)))
 
 
 def init_head_bias(model: nn.Module, mean_target: float) -> None:
