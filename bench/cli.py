@@ -441,7 +441,7 @@ def _standing_notes(geo, runs: int) -> list[str]:
              "the paper's '28x less memory' compares model sizes (852 MB G vs 30 MB R); 'model MB' is that "
              "comparison here, peak RSS is the memory a process really needs",
              "PyTorch eager rows: plain NCHW, torch.inference_mode, the same batches and threads; onnxruntime G is the "
-             "exported graph (bicubic upsampling rewritten as an exact convolution)"]
+             "exported graph (bicubic upsampling rewritten as exact fixed matrix products)"]
     if runs < 5:
         notes.append(f"{runs} timed runs per row (fewer than 5): p95 is interpolated from few samples")
     return notes

@@ -337,7 +337,10 @@ def _demo_table(args) -> None:
                   "yes" if hit else "no")
     if n:
         t.caption = f"top window in the lesion: {hits}/{n}"
-        Console(soft_wrap=True).print(t)
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # pipes and logs: no column truncation
+        console.print(t)
 
 
 def window_hits(mask, top: dict) -> bool:

@@ -230,11 +230,14 @@ def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(capsys, tmp_p
     assert json.loads((out / "a_summary.json").read_text())["input"] == str(f1)
 
 
-def test_usage_errors_are_one_line(capsys, tmp_path, bundle_dir):
+def test_usage_errors_are_one_line(capsys, tmp_path, bundle_dir, monkeypatch):
     f = write_nifti(tmp_path / "a.nii.gz", phantom((24, 24)))
-    for args in (["--batch", "0"], ["--path", "x"], ["--axis", "oblique"], ["--bogus"], []):
-        code, _, err = run_cli(capsys, *( [f, "--bundle", bundle_dir] if args != [] else []), *args)
+    for args in (["--batch", "0"], ["--path", "x"], ["--axis", "oblique"], ["--bogus"]):
+        code, _, err = run_cli(capsys, f, "--bundle", bundle_dir, *args)
         assert code == EX_USAGE and len(err.strip().splitlines()) == 1 and err.startswith("rlp-heatmap: "), err
+    # an install without the embedded demo bundle needs --bundle
+    monkeypatch.setattr("rlp.runtime.cli.default_bundle", lambda: None)
+    monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, f)
     assert code == EX_USAGE and "--bundle" in err and "no embedded demo bundle" in err
     assert not (tmp_path / "rlp-out").exists()

@@ -114,11 +114,11 @@ def unwrap(m: nn.Module) -> nn.Module:
 
 
 class Metrics:
-    """metrics.jsonl: one JSON object per line, flushed; truncated to the resumed step."""
+    """metrics.jsonl: one JSON object per line, flushed; this stage's records after ``resume_step`` are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None, stage: str):
+    def __init__(self, path: Path, resume_step: int, stage: str):
         self.path = path
-        if resume_step is not None and path.exists():
+        if path.exists():
             keep = []
             for line in path.read_text().splitlines():
                 try:
@@ -326,7 +326,8 @@ class _Trainer:
             step, best = self._restore()
         elif self.last.exists() and self.dist.main:
             raise BadInput(f"{self.run} already holds a {self.stage} run; pass --resume to continue it or choose a new --run folder", self.last)
-        self.metrics = Metrics(self.run / "metrics.jsonl", step if self.resume else None, self.stage) if self.dist.main else None
+        # A fresh stage drops the records a discarded earlier attempt of it left (step 0 keeps none of them).
+        self.metrics = Metrics(self.run / "metrics.jsonl", step, self.stage) if self.dist.main else None
         total = int(self.sec["steps"])
         budget = Budget(float(self.cfg["run"].get("max_minutes") or 0))
         t0 = time.monotonic()
