@@ -294,13 +294,15 @@ def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path):
     b = make_bundle(tmp_path / "b", size=64, window=8, stride=2)
     f = write_nifti(tmp_path / "big.nii.gz", phantom((64, 64, 200)))
     out = tmp_path / "o"
+    # every window of 200 slices, one per model call: minutes of work, so the signal lands mid-run
     proc = subprocess.Popen([sys.executable, "-m", "rlp.runtime.cli", str(f), "--bundle", str(b), "--out", str(out),
-                             "--batch", "1", "--threads", "1", "--quiet"],
+                             "--batch", "1", "--threads", "1", "--all-windows", "--path", "g", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while not out.exists() and time.time() < deadline:  # the output folder appears once the bundle is loaded
+    deadline = time.time() + 60
+    while not out.exists() and time.time() < deadline and proc.poll() is None:  # appears once the bundle is loaded
         time.sleep(0.05)
     time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == EX_INTERRUPTED, err
