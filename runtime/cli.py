@@ -24,6 +24,7 @@ from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PATHS,
                       default_bundle, demo_slices)
 from .nifti import AXES, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
+from .progress import progress
 
 PROG = "rlp-heatmap"
 
@@ -184,19 +185,8 @@ def _ident(p: Path):
 def _progress(quiet: bool):
     """A transient progress bar on stderr, only on a terminal (logs get the one-line messages alone)."""
     global _live
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        _live = console
+    with progress(quiet, transient=True, silent=lambda: None) as bar:
+        _live = None if bar is None else bar.console
         try:
             yield bar
         finally:

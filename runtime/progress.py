@@ -27,13 +27,18 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def progress(quiet: bool = False, extra: str | None = None):
+def progress(quiet: bool = False, extra: str | None = None, *, transient: bool = False, silent=_Silent):
+    """A rich progress bar on stderr; ``silent()`` (a no-op bar by default) where none is shown.
+
+    Messages printed while the bar is live should go through ``bar.console`` so they
+    appear above it. ``transient`` removes the bar when the block ends.
+    """
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
-        yield _Silent()
+        yield silent()
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     if extra:
         cols.append(TextColumn(extra))
-    with Progress(*cols, console=console, transient=False) as bar:
+    with Progress(*cols, console=console, transient=transient) as bar:
         yield bar

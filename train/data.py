@@ -13,7 +13,6 @@ complete, fsynced and moved into place; readers refuse files without the mark.
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +25,7 @@ import numpy as np
 
 from rlp.runtime import __version__
 from rlp.runtime.errors import BadInput, CannotCreate, InputMissing, RlpError
+from rlp.runtime.manifest import sha256_file
 from rlp.runtime.nifti import AXES, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.preprocess import Preprocessing, preprocess_slice
 from rlp.runtime.progress import progress
@@ -116,14 +116,6 @@ def split_slices_by_range(n: int, block: int = 5) -> np.ndarray:
     return out
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare(
     source: str,
     out: str | os.PathLike,
@@ -201,7 +193,7 @@ def prepare(
                                         (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
                             ds.resize(a + len(rows), axis=0)
                             ds[a:] = arr
-                        sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_of(sub.image),
+                        sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
                                         "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows)})
                     bar.advance(task)
             n = images.shape[0]
@@ -276,7 +268,7 @@ class SliceData:
     def provenance(self) -> dict:
         return {
             "path": str(self.path),
-            "sha256": sha256_of(self.path),
+            "sha256": sha256_file(self.path),
             "source": self.attrs.get("source"),
             "source_kind": self.attrs.get("source_kind"),
             "axis": self.attrs.get("axis"),
