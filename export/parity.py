@@ -237,13 +237,9 @@ class ParityGate:
         }
 
     # ----------------------------------------------------------- inputs
-    def _input_geometry(self, kind: str) -> WindowGeometry:
-        """The geometry whose ``crops`` builds a model's input: the context crop, or the whole slice."""
-        return self.geometry if kind == "crop" else dataclasses.replace(self.geometry, context=None)
-
     def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]], batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(inputs, original pixels, boxes) in batches, for windows ``boxes`` of slices ``i``."""
-        geo = self._input_geometry(kind)
+        geo = self.geometry.for_input(kind)
         for i, boxes in pairs:
             padded = geo.pad(self.images[i])
             for s in range(0, len(boxes), batch):
@@ -259,8 +255,8 @@ class ParityGate:
             for x, target, boxes in self._chunks(kind, pairs, batch):
                 for name, run in runners.items():
                     y = np.asarray(run(x), dtype=np.float32)
-                    if role == "g":
-                        scores = self.geometry.box_l1(y, target, boxes)
+                    if role == "g":  # the box where this model's input has it (crop centre, or in place)
+                        scores = self.geometry.for_input(kind).box_l1(y, target, boxes)
                     else:
                         scores = y.reshape(len(x), -1)[:, 0].astype(np.float64)
                     if keep_outputs:

@@ -14,7 +14,7 @@ full size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -75,6 +75,15 @@ class WindowGeometry:
     def input_size(self) -> int:
         """Side of the square that G (and a crop predictor) reads."""
         return self.size if self.context is None else self.context
+
+    def for_input(self, input_kind: str) -> "WindowGeometry":
+        """The geometry of what a model reads: ``"crop"`` (this geometry's context crops)
+        or ``"image"`` (the whole inpainted slice)."""
+        if input_kind == "crop":
+            return self
+        if input_kind == "image":
+            return replace(self, context=None)
+        raise ValueError(f"unknown model input kind {input_kind!r} (expected 'crop' or 'image')")
 
     def window_boxes(self) -> np.ndarray:
         """(n_windows, 2) top-left (row, col) of every window, row-major."""

@@ -75,11 +75,10 @@ def default_bundle() -> Path | None:
 
 def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> WindowGeometry:
     """The geometry of what a model reads: context crops (``"crop"``) or whole slices (``"image"``)."""
-    if entry.input_kind == "crop":
-        return geometry
-    if entry.input_kind == "image":
-        return dataclasses.replace(geometry, context=None)
-    raise BadInput(f"model {entry.file} has unknown input_kind {entry.input_kind!r}; {REBUILD}", where)
+    try:
+        return geometry.for_input(entry.input_kind)
+    except ValueError:
+        raise BadInput(f"model {entry.file} has unknown input_kind {entry.input_kind!r}; {REBUILD}", where) from None
 
 
 def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
