@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +133,9 @@ class Manifest:
         if ver != SCHEMA_VERSION:
             raise BadInput(f"manifest schema version {ver!r} is not supported by this rlp "
                            f"(reads version {SCHEMA_VERSION}); {REBUILD} or upgrade rlp", path)
+        problem = _schema_problem(d)
+        if problem:
+            raise BadInput(f"malformed manifest ({problem}); {REBUILD}", path)
         try:
             return cls(
                 preprocessing=Preprocessing.from_dict(d["preprocessing"]),
@@ -147,6 +151,83 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadInput(f"malformed manifest ({type(exc).__name__}: {exc}); {REBUILD}", path) from None
+
+
+# --------------------------------------------------------------------------- field types
+# A manifest is untrusted input: every field the runtime computes with must have the type it
+# expects (and a sane range), or the manifest is refused as malformed before anything uses it.
+_NUM = (int, float)
+_MAX_SIDE = 8192  # model grid, window, stride and context sides (a 2D float32 grid of this side is 256 MiB)
+_TENSOR = {"name": str, "shape": list, "dtype": str}
+_FILE = {"file": str, "sha256": str, "size": int}
+_MODEL = {"role": str, "file": str, "sha256": str, "size": int, "inputs": list, "outputs": list, "opset": int,
+          "precision": str, "io_dtype": str, "input_kind": str, "architecture": dict, "target_transform": str,
+          "external_data": list}
+_ENGINE = {"model": str, "file": str, "sha256": str, "size": int, "precision": str, "tensorrt_version": str,
+           "compute_capability": str, "min_batch": int, "opt_batch": int, "max_batch": int}
+_PREPROCESSING = {"size": int, "percentile": _NUM, "nonfinite": str, "interpolation_order": int, "antialias": bool,
+                  "min_brain_pixels": int}
+_GEOMETRY = {"size": int, "window": int, "stride": int, "context": (int, type(None)), "fill": _NUM, "min_tissue": _NUM}
+
+
+def _typed(value, kinds) -> bool:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not to a manifest
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, kinds)
+
+
+def _fields_problem(d, spec: dict, where: str) -> str | None:
+    if not isinstance(d, dict):
+        return f"{where} is not an object"
+    for key, kinds in spec.items():
+        if key in d and not _typed(d[key], kinds):
+            return f"{where}.{key} is {d[key]!r}"
+    return None
+
+
+def _schema_problem(d: dict) -> str | None:
+    """The first field of ``d`` with a wrong type or an impossible value, or None."""
+    problem = _fields_problem(d.get("preprocessing"), _PREPROCESSING, "preprocessing") or _fields_problem(
+        d.get("geometry"), _GEOMETRY, "geometry")
+    if problem:
+        return problem
+    prep, geom = d["preprocessing"], d["geometry"]
+    for where, v in (("preprocessing.size", prep.get("size")), *((f"geometry.{k}", geom.get(k))
+                                                                 for k in ("size", "window", "stride", "context"))):
+        if v is not None and not 0 < v <= _MAX_SIDE:
+            return f"{where} {v} outside 1..{_MAX_SIDE}"
+    if not 0 < prep.get("percentile", 50) <= 100 or not 0 <= prep.get("interpolation_order", 1) <= 5 \
+            or prep.get("min_brain_pixels", 0) < 0 or prep.get("nonfinite", "error") not in ("error", "zero"):
+        return "preprocessing holds a value out of range"
+    models = d.get("models")
+    if not isinstance(models, dict) or not models:
+        return "models is not a non-empty object"
+    for key, m in models.items():
+        problem = _fields_problem(m, _MODEL, f"models.{key}")
+        if problem:
+            return problem
+        for io in ("inputs", "outputs"):
+            for t in m.get(io, []):
+                problem = _fields_problem(t, _TENSOR, f"models.{key}.{io}")
+                if problem:
+                    return problem
+                if not all(_typed(v, (int, str)) for v in t.get("shape", [])):
+                    return f"models.{key}.{io} shape {t.get('shape')!r} holds something other than sizes and names"
+        for x in m.get("external_data", []):
+            problem = _fields_problem(x, _FILE, f"models.{key}.external_data")
+            if problem:
+                return problem
+    engines = d.get("engines", [])
+    if not isinstance(engines, list):
+        return "engines is not a list"
+    for e in engines:
+        problem = _fields_problem(e, _ENGINE, "engines[]")
+        if problem:
+            return problem
+    return None
 
 
 def resolve_inside(bundle: Path, rel: str, what: str = "file") -> Path:

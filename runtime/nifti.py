@@ -128,8 +128,8 @@ def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _read_stream(path: Path):
-    """Return (header class, raw header, full file bytes) after checking the header and size cap."""
+def _open_nifti(path: Path):
+    """Check the name against the gzip magic; return an opener for the (decompressed) stream."""
     try:
         with open(path, "rb") as fh:
             magic = fh.read(2)
@@ -145,37 +145,83 @@ def _read_stream(path: Path):
         raise BadInput("named .nii.gz but is not gzip-compressed", path)
     if suf == ".nii" and gz:
         raise BadInput("named .nii but is gzip-compressed (rename it to .nii.gz)", path)
-    opener = gzip.open if gz else open
+    return (gzip.open if gz else open), gz
+
+
+def _check_declared(head: bytes, path: Path, gz: bool):
+    """Parse the header; refuse a declared size over the cap (or, for ``.nii``, over the file size).
+
+    Returns (header class, header, bytes the file must hold: header, extensions and voxels).
+    """
+    klass, hdr = _parse_header(head, path)
+    shape = hdr.get_data_shape()
+    itemsize = np.dtype(hdr.get_data_dtype()).itemsize
+    # Python integers: a product of NIfTI dims can overflow int64 and wrap below the cap.
+    nbytes = math.prod(int(s) for s in shape) * itemsize
+    if nbytes > MAX_VOXEL_BYTES:
+        raise BadInput(
+            f"header declares {'x'.join(map(str, shape))} voxels of {itemsize} bytes "
+            f"({nbytes / 2**30:.2f} GiB), over the {MAX_VOXEL_BYTES / 2**30:.2f} GiB cap "
+            "(set RLP_MAX_VOXEL_BYTES to raise it)", path)
+    offset = float(hdr["vox_offset"])
+    if not (np.isfinite(offset) and 0 <= offset <= MAX_VOXEL_BYTES):
+        raise BadInput(f"header vox_offset {offset:g} is not a usable data offset", path)
+    need = int(hdr.get_data_offset()) + nbytes
+    if not gz and os.path.getsize(path) < need:
+        raise BadInput(f"truncated: {os.path.getsize(path)} bytes, header needs {need}", path)
+    return klass, hdr, need
+
+
+@contextlib.contextmanager
+def _stream_errors(path: Path):
+    """Turn decompression and read errors into one :class:`BadInput` naming the file."""
     try:
-        with opener(path, "rb") as fh:
-            head = fh.read(540)
-            klass, hdr = _parse_header(head, path)
-            shape = hdr.get_data_shape()
-            itemsize = np.dtype(hdr.get_data_dtype()).itemsize
-            # Python integers: a product of NIfTI dims can overflow int64 and wrap below the cap.
-            nbytes = math.prod(int(s) for s in shape) * itemsize
-            if nbytes > MAX_VOXEL_BYTES:
-                raise BadInput(
-                    f"header declares {'x'.join(map(str, shape))} voxels of {itemsize} bytes "
-                    f"({nbytes / 2**30:.2f} GiB), over the {MAX_VOXEL_BYTES / 2**30:.2f} GiB cap "
-                    "(set RLP_MAX_VOXEL_BYTES to raise it)", path)
-            offset = int(hdr.get_data_offset())
-            need = offset + nbytes
-            if not gz and os.path.getsize(path) < need:
-                raise BadInput(f"truncated: {os.path.getsize(path)} bytes, header needs {need}", path)
-            rest = fh.read(max(0, need - len(head)))
-            data = head + rest
-            if len(data) < need:
-                raise BadInput(f"truncated: {len(data)} bytes of data, header needs {need}", path)
-            # Read to the end: for gzip this verifies the CRC32 and length trailer.
-            while fh.read(1 << 20):
-                pass
+        yield
     except RlpError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BadInput(f"corrupt or truncated gzip stream ({_one_line(exc)})", path) from None
     except OSError as exc:
         raise BadInput(f"cannot read ({_one_line(exc)})", path) from None
+
+
+def check_header(path: str | os.PathLike) -> tuple[int, ...]:
+    """A cheap preflight of one NIfTI file: its name, header and declared size, without reading voxels.
+
+    Raises :class:`RlpError` for what :func:`load_nifti` would refuse from the header alone
+    (bad extension or magic, dimensions, data type, voxel sizes, size cap, a short ``.nii``);
+    returns the declared data shape. Truncated or corrupt gzip data is only found by loading.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputMissing("no such file", path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInput("empty file", path)
+    opener, gz = _open_nifti(path)
+    with _stream_errors(path), opener(path, "rb") as fh:
+        _, hdr, _ = _check_declared(fh.read(540), path, gz)
+    return tuple(int(s) for s in hdr.get_data_shape())
+
+
+def _read_stream(path: Path):
+    """Return (header class, raw header, full file bytes) after checking the header and size cap."""
+    opener, gz = _open_nifti(path)
+    with _stream_errors(path), opener(path, "rb") as fh:
+        head = fh.read(540)
+        klass, hdr, need = _check_declared(head, path, gz)
+        chunks, remaining = [head], need - len(head)
+        while remaining > 0:  # in chunks: memory follows the data present, not the size declared
+            chunk = fh.read(min(remaining, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) < need:
+            raise BadInput(f"truncated: {len(data)} bytes of data, header needs {need}", path)
+        # Read to the end: for gzip this verifies the CRC32 and length trailer.
+        while fh.read(1 << 20):
+            pass
     return klass, hdr, data
 
 
@@ -316,16 +362,21 @@ def _make_volume(path: Path, data: np.ndarray, img, notes: list[str]) -> Volume:
         if data.shape[ax] > 1 and not (np.isfinite(z) and z > 0):
             raise BadInput(f"voxel size {z:g} along axis {ax} is not a positive number", path)
     zooms = tuple(z if np.isfinite(z) and z > 0 else 1.0 for z in zooms)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+        qform, qcode = img.get_qform(coded=True)
+        sform, scode = img.get_sform(coded=True)
+    except ValueError as exc:  # e.g. a qform quaternion that is not a rotation
+        raise BadInput(f"invalid qform or sform ({_one_line(exc)})", path) from None
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise BadInput("affine is singular or non-finite", path)
-    qform, qcode = img.get_qform(coded=True)
-    sform, scode = img.get_sform(coded=True)
     if qcode and scode and qform is not None and sform is not None and not np.allclose(qform, sform, atol=1e-3):
         notes.append("qform and sform disagree; using the sform (nibabel's choice)")
     if not qcode and not scode:
         notes.append("qform and sform codes are both 0; orientation is unknown, assuming the voxel axes")
     ornt = nio.io_orientation(affine)
+    if np.isnan(ornt).any():  # a voxel axis with (almost) no extent in the world: no closest orientation
+        raise BadInput("affine is degenerate (a voxel axis has no clear world direction)", path)
     canonical = nio.apply_orientation(data, ornt)
     czooms = [1.0, 1.0, 1.0]
     for i, (j, _flip) in enumerate(ornt):

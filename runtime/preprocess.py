@@ -51,6 +51,11 @@ class Preprocessing:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
+# Input pixels one model pixel may span along an axis: beyond this the voxel sizes are absurd
+# (far past any scanner) and the anti-aliasing filter would not fit in memory.
+MAX_SCALE = 1e4
+
+
 @dataclass(frozen=True)
 class Resampler:
     """Linear map between the input grid (shape, spacing) and the model grid."""
@@ -76,6 +81,9 @@ class Resampler:
             b = (0.5 * e / self.size - (e - ea) / 2.0) / s - 0.5
             scale.append(a)
             offset.append(b)
+        if max(scale) > MAX_SCALE:  # the anti-aliasing kernel alone would need terabytes
+            raise BadInput(f"voxel spacing {self.spacing} on a {self.shape[0]}x{self.shape[1]} slice is too anisotropic "
+                           f"to resample (one model pixel would span {max(scale):.3g} input pixels)")
         object.__setattr__(self, "spacing", sp)
         object.__setattr__(self, "scale", tuple(scale))
         object.__setattr__(self, "offset", tuple(offset))
@@ -149,7 +157,10 @@ def preprocess_slice(
     if mask is not None and np.asarray(mask).shape != x.shape:
         raise BadInput(f"mask shape {np.asarray(mask).shape} != image shape {x.shape}", path)
     brain_in = brain_mask(x) if mask is None else (np.asarray(mask) > 0) & finite
-    rs = Resampler(tuple(x.shape), cfg.size, tuple(spacing))
+    try:
+        rs = Resampler(tuple(x.shape), cfg.size, tuple(spacing))
+    except BadInput as exc:
+        raise BadInput(exc.message, path) from None
     vals = x[brain_in]
     vals = vals[vals > 0]
     if vals.size == 0 or float(x.min()) == float(x.max()):  # no tissue, or a constant slice: no contrast
