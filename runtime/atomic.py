@@ -6,10 +6,12 @@ A killed process leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +30,24 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _exchange(new: Path, old: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc older than 2.28, or another libc
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(old), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. a file system without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(old))
 
 
 def _umask_mode() -> int:
@@ -93,8 +113,10 @@ def write_json(path: str | os.PathLike, obj, *, force: bool = True) -> Path:
 def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place when complete.
 
-    With ``force`` an existing folder is replaced (moved aside, then deleted, so
-    the old one stays whole until the new one is in place).
+    With ``force`` an existing folder is replaced: swapped with the new one in a
+    single step where the system can (Linux), so that a kill at any moment leaves
+    the old folder or the new one at ``path``; elsewhere moved aside first. The old
+    folder is deleted once the new one is in place.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -108,10 +130,13 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         yield tmp
         os.chmod(tmp, 0o777 & ~(~_umask_mode() & 0o666))  # mkdtemp makes 0700
         old = None
-        if path.exists():
+        if path.exists() and _exchange(tmp, path):
+            old = tmp  # the old folder, now under the temporary name
+        elif path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
-        os.replace(tmp, path)
+        if old is not tmp:
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
