@@ -59,3 +59,9 @@ class Unavailable(RlpError):
 
     def __init__(self, message: str, path=None):
         super().__init__(message, path, EX_SOFTWARE)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    text = exc if isinstance(exc, str) else str(exc)
+    return " ".join(text.split()) or type(exc).__name__

@@ -28,7 +28,7 @@ import numpy as np
 from nibabel import orientations as nio
 
 from .atomic import atomic_path
-from .errors import EX_IOERR, BadInput, InputMissing, RlpError
+from .errors import EX_IOERR, BadInput, InputMissing, RlpError, one_line
 
 # Declared voxel data larger than this is refused before anything is allocated.
 MAX_VOXEL_BYTES = int(os.environ.get("RLP_MAX_VOXEL_BYTES", 1 << 30))
@@ -164,7 +164,8 @@ def _check_declared(head: bytes, path: Path, gz: bool):
             f"({nbytes / 2**30:.2f} GiB), over the {MAX_VOXEL_BYTES / 2**30:.2f} GiB cap "
             "(set RLP_MAX_VOXEL_BYTES to raise it)", path)
     offset = float(hdr["vox_offset"])
-    if not (np.isfinite(offset) and 0 <= offset <= MAX_VOXEL_BYTES):
+    if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= MAX_VOXEL_BYTES):
+        # (a single-file NIfTI's voxels follow the header and its 4 extension bytes; 0 would read the header)
         raise BadInput(f"header vox_offset {offset:g} is not a usable data offset", path)
     need = int(hdr.get_data_offset()) + nbytes
     if not gz and os.path.getsize(path) < need:
@@ -257,9 +258,11 @@ def _parse_header(head: bytes, path: Path):
     if code not in _OK_DTYPES:
         raise BadInput(f"unsupported NIfTI data type code {code} (complex, RGB or unknown)", path)
     try:
-        hdr.get_data_dtype()
+        itemsize = np.dtype(hdr.get_data_dtype()).itemsize
     except Exception as exc:
         raise BadInput(f"unsupported data type ({_one_line(exc)})", path) from None
+    if int(hdr["bitpix"]) != 8 * itemsize:  # nibabel ignores bitpix; a disagreement means a damaged header
+        raise BadInput(f"header datatype {code} ({8 * itemsize} bits) disagrees with bitpix {int(hdr['bitpix'])}", path)
     pixdim = np.asarray(hdr["pixdim"], dtype=np.float64)
     for ax in range(min(3, dim[0])):
         z = float(pixdim[ax + 1])
@@ -294,9 +297,7 @@ def _nibabel_log(sink: list[str] | None):
         logger.propagate = propagate
 
 
-def _one_line(exc: BaseException | str) -> str:
-    text = exc if isinstance(exc, str) else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+_one_line = one_line
 
 
 def load_nifti(path: str | os.PathLike) -> Volume:

@@ -12,6 +12,7 @@ complete, fsynced and moved into place; readers refuse files without the mark.
 
 from __future__ import annotations
 
+import errno
 import glob
 import importlib.util
 import json
@@ -24,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import __version__
-from rlp.runtime.errors import BadInput, CannotCreate, InputMissing, RlpError
+from rlp.runtime.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
 from rlp.runtime.manifest import sha256_file
-from rlp.runtime.nifti import AXES, load_nifti, nifti_stem, nifti_suffix
+from rlp.runtime.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.preprocess import Preprocessing, preprocess_slice
 from rlp.runtime.progress import progress
 
@@ -137,18 +138,14 @@ def prepare(
     if out.exists() and not force:
         raise CannotCreate("exists; pass --force to overwrite", out)
     kind, subjects = discover(source)
+    subjects, bad_errors = _preflight(subjects)
+    if bad_errors and not skip_bad:
+        raise _bad_volumes(bad_errors, source)
     pre = Preprocessing(size=size, percentile=percentile, nonfinite="error")
     partial = out.with_name(out.name + ".partial")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial.unlink(missing_ok=True)
-        f = h5py.File(partial, "w")
-    except BlockingIOError:
-        raise CannotCreate("locked by another process (HDF5 file locking)", partial) from None
-    except OSError as exc:
-        raise CannotCreate(str(exc), partial) from None
+    f = _create_partial(h5py, partial)
     n_empty = 0
-    bad: list[str] = []
+    bad: list[str] = [str(e) for e in bad_errors]
     sources = []
     try:
         with f:
@@ -180,9 +177,11 @@ def prepare(
                             brs.append(prep.brain)
                             idxs.append(i)
                     except RlpError as exc:
-                        if not skip_bad:
-                            raise
+                        bad_errors.append(exc)
                         bad.append(str(exc))
+                        bar.advance(task)
+                        continue
+                    if bad_errors and not skip_bad:  # failing: only check the other volumes, to list them all
                         bar.advance(task)
                         continue
                     if rows:
@@ -196,6 +195,8 @@ def prepare(
                         sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
                                         "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows)})
                     bar.advance(task)
+            if bad_errors and not skip_bad:
+                raise _bad_volumes(bad_errors, source)
             n = images.shape[0]
             if n == 0:
                 raise BadInput("no slice with brain tissue in any volume", source)
@@ -225,12 +226,57 @@ def prepare(
         with open(partial, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, out)
+    except OSError as exc:  # disk full, I/O error, or the partial file removed under us
+        partial.unlink(missing_ok=True)
+        code = EX_CANTCREAT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EX_IOERR
+        raise RlpError(f"cannot write the dataset ({one_line(exc)}); nothing was written", out, code) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     return {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
             "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad), "split_rule": rule}
+
+
+def _preflight(subjects: list[Subject]) -> tuple[list[Subject], list[RlpError]]:
+    """Check every volume's header (and its mask's) before anything is written; returns (good, errors)."""
+    good, errors = [], []
+    for sub in subjects:
+        try:
+            shape = check_header(sub.image)
+            mshape = check_header(sub.mask) if sub.mask is not None else shape
+            if mshape[:3] != shape[:3]:
+                raise BadInput(f"mask {sub.mask.name} has shape {mshape}, the image {shape}", sub.image)
+            good.append(sub)
+        except RlpError as exc:
+            errors.append(exc)
+    return good, errors
+
+
+def _bad_volumes(errors: list[RlpError], source: str) -> RlpError:
+    """One error naming every bad volume (the first one's exit code)."""
+    listed = "; ".join(str(e) for e in errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
+    return RlpError(f"{len(errors)} bad volume(s), nothing written (fix them or pass --skip-bad): {listed}",
+                    source, errors[0].code)
+
+
+def _create_partial(h5py, partial: Path):
+    """Create ``partial`` for writing; a live writer's file (HDF5 lock) is a clean error, a dead one's is replaced."""
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists() or partial.is_symlink():
+            try:
+                h5py.File(partial, "r").close()  # a writer holds an exclusive lock: this raises BlockingIOError
+            except BlockingIOError:
+                raise
+            except OSError:
+                pass  # left by a killed writer (not even a valid HDF5 file)
+            partial.unlink()
+        return h5py.File(partial, "x")  # exclusive: never truncates another writer's file
+    except (BlockingIOError, FileExistsError):
+        raise CannotCreate("another process is writing it (HDF5 file lock); wait for it to finish", partial) from None
+    except OSError as exc:
+        raise CannotCreate(one_line(exc), partial) from None
 
 
 class SliceData:
