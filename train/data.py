@@ -227,9 +227,11 @@ def prepare(
             os.fsync(fh.fileno())
         os.replace(partial, out)
     except OSError as exc:  # disk full, I/O error, or the partial file removed under us
+        _close_after_failure(f)
         partial.unlink(missing_ok=True)
         code = EX_CANTCREAT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EX_IOERR
-        raise RlpError(f"cannot write the dataset ({one_line(exc)}); nothing was written", out, code) from None
+        reason = os.strerror(exc.errno) if exc.errno else one_line(exc)  # not HDF5's page of details
+        raise RlpError(f"cannot write the dataset ({reason}); nothing was written", out, code) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -253,6 +255,17 @@ def _preflight(subjects: list[Subject]) -> tuple[list[Subject], list[RlpError]]:
     return good, errors
 
 
+def _close_after_failure(f) -> None:
+    """Close an HDF5 file whose writes failed (disk full): HDF5 may need a second try, and an
+    HDF5 file left open with unwritable data crashes the interpreter when it is freed."""
+    for _ in range(3):
+        try:
+            f.close()
+            return
+        except Exception:
+            continue
+
+
 def _bad_volumes(errors: list[RlpError], source: str) -> RlpError:
     """One error naming every bad volume (the first one's exit code)."""
     listed = "; ".join(str(e) for e in errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
@@ -272,7 +285,9 @@ def _create_partial(h5py, partial: Path):
             except OSError:
                 pass  # left by a killed writer (not even a valid HDF5 file)
             partial.unlink()
-        return h5py.File(partial, "x")  # exclusive: never truncates another writer's file
+        # "x": exclusive, never truncates another writer's file. No chunk cache: every chunk (one slice) is
+        # written once, whole, and a failed write must not leave dirty chunks that HDF5 cannot drop.
+        return h5py.File(partial, "x", rdcc_nbytes=0)
     except (BlockingIOError, FileExistsError):
         raise CannotCreate("another process is writing it (HDF5 file lock); wait for it to finish", partial) from None
     except OSError as exc:
