@@ -77,6 +77,7 @@ def corpus(tmp: Path) -> dict[str, bytes]:
         "datatype_complex": _patch("2h", 70, 32, 64),
         "zoom_inf": _patch("f", 80, float("inf")),
         "zoom_neg": _patch("f", 84, -2.0),
+        "zoom_absurd": _patch("3f", 80, 1e-6, 3e29, 2.0),  # the anti-aliasing kernel would need terabytes
         "vox_offset_zero": _patch("f", 108, 0.0),  # would read the header as voxels
         "vox_offset_nan": _patch("f", 108, float("nan")),
         "vox_offset_huge": _patch("f", 108, 3e38),
@@ -179,3 +180,24 @@ def test_prepare_lists_every_volume_with_bad_voxels(tmp_path):
     for name, words in (("a_nan.nii.gz", "non-finite"), ("c_inf.nii", "non-finite"), ("d_cut.nii.gz", "gzip")):
         assert re.search(rf"{name}: [^;]*{words}", msg), (name, msg)
     assert "b_good" not in msg and list(out.parent.iterdir()) == []
+
+
+def test_prepare_takes_mixed_shapes_and_dtypes_and_counts_empty_and_constant_slices(tmp_path):
+    """Volumes of different shapes, dtypes and voxel sizes share one model grid; slices without
+    contrast (all zero, or one value everywhere) are skipped and counted, never written as NaN."""
+    pytest.importorskip("h5py")
+    from rlp.train.data import SliceData, prepare
+
+    (tmp_path / "src").mkdir()
+    a = np.round(phantom((30, 26, 6)) * 10)
+    a[:, :, 0] = 0  # all-zero slice
+    a[:, :, 1] = 500  # constant slice
+    write_nifti(tmp_path / "src" / "a.nii.gz", a, np.diag([1.0, 1.2, 2.0, 1.0]), dtype=np.int16)
+    write_nifti(tmp_path / "src" / "b.nii", phantom((18, 40, 4)), np.diag([2.0, 0.8, 3.0, 1.0]), dtype=np.float64)
+    write_nifti(tmp_path / "src" / "c.nii.gz", np.round(phantom((22, 22, 5))), AFF, dtype=np.uint8)
+    res = prepare(str(tmp_path / "src"), tmp_path / "d.h5", size=16, quiet=True)
+    d = SliceData(tmp_path / "d.h5")
+    assert res["subjects"] == 3 and res["empty_slices_skipped"] >= 2 and res["bad_volumes_skipped"] == 0
+    assert d.images.shape[1:] == (16, 16) and np.isfinite(d.images).all()
+    first = d.slice_index[d.subject == d.subjects.index("a")]
+    assert 0 not in first and 1 not in first  # the zero and the constant slice were skipped
