@@ -130,6 +130,10 @@ def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
 
 def _open_nifti(path: Path):
     """Check the name against the gzip magic; return an opener for the (decompressed) stream."""
+    if not path.exists():
+        raise InputMissing("no such file", path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInput("empty file", path)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(2)
@@ -194,10 +198,6 @@ def check_header(path: str | os.PathLike) -> tuple[int, ...]:
     returns the declared data shape. Truncated or corrupt gzip data is only found by loading.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputMissing("no such file", path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise BadInput("empty file", path)
     opener, gz = _open_nifti(path)
     with _stream_errors(path), opener(path, "rb") as fh:
         _, hdr, _ = _check_declared(fh.read(540), path, gz)
@@ -303,10 +303,6 @@ _one_line = one_line
 def load_nifti(path: str | os.PathLike) -> Volume:
     """Load and check one NIfTI image; raise :class:`RlpError` on any problem."""
     path = Path(path)
-    if not path.exists():
-        raise InputMissing("no such file", path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise BadInput("empty file", path)
     klass, raw_hdr, raw = _read_stream(path)
     notes: list[str] = []
     slope = float(raw_hdr["scl_slope"])
