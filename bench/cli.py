@@ -32,7 +32,7 @@ from rlp.runtime.backends import available_backends, ort_providers
 from rlp.runtime.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
 from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
-from rlp.runtime.manifest import MANIFEST, load_bundle_manifest, sha256_file
+from rlp.runtime.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, sha256_file
 from rlp.runtime.progress import progress
 
 from . import plots, report as rep
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads per row (default: the usable cores)")
     p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, metavar="N",
                    help=f"windows per model call, every row (default {DEFAULT_BATCH})")
-    p.add_argument("--paths", type=comma_subset(PATHS), default=PATHS, metavar="r,g", help="paths to measure (default r,g)")
+    p.add_argument("--paths", type=comma_subset(PATHS, PATH_PATTERN, " (and predictor variants r-NAME)"), default=None,
+                   metavar="r,g", help="paths to measure (default: every path of the bundle: g, r and its predictor "
+                                       "variants r-NAME)")
     p.add_argument("--backends", type=comma_subset(ALL_BACKENDS), metavar="LIST",
                    help=f"backends, comma-separated, of {','.join(ALL_BACKENDS)} (default: every one available; "
                         "ort-trt only by name, it builds engines first)")
@@ -214,6 +216,10 @@ class Bench:
             raise InputMissing("no slices to measure (only lesion masks were given?)")
         return cases, source
 
+    def paths(self, manifest) -> tuple[str, ...]:
+        """--paths, or every heatmap path the bundle has (g, r, then its predictor variants r-NAME)."""
+        return self.args.paths or manifest.paths() or PATHS
+
     def _rows(self, manifest, run: Path | None) -> tuple[list[Row], list[dict]]:
         args, skipped = self.args, []
         torch_ok = importlib.util.find_spec("torch") is not None
@@ -235,7 +241,7 @@ class Bench:
             requested = False
         rows = []
         for b in backends:
-            for path in args.paths:
+            for path in self.paths(manifest):
                 row = Row(path, b, requested=requested)
                 if path not in manifest.models:
                     skipped.append({**_ident(row), "reason": f"the bundle has no {path} model"})
@@ -395,7 +401,7 @@ class Bench:
             "created": created, "duration_s": None, "command": self.command, "mode": self.mode,
             "settings": {"runs": self.runs, "threads": self.threads, "batch": self.args.batch,
                          "warmup": f"{WARMUP_BATCHES} batches of windows", "g_windows": self.g_windows,
-                         "paths": list(self.args.paths), "backends": list(self.args.backends or ["auto"]),
+                         "paths": list(self.paths(manifest)), "backends": list(self.args.backends or ["auto"]),
                          "slices": len(lesion), "heldout": len(cases) - len(lesion), "seed": self.args.seed},
             "bundle": {"path": str(bundle_dir.resolve()), "manifest_sha256": sha256_file(bundle_dir / MANIFEST),
                        "geometry": geo.to_dict(), "windows_per_slice": geo.n_windows,

@@ -49,7 +49,7 @@ from rlp.runtime.atomic import write_json
 from rlp.runtime.backends import BACKENDS, GPU_BACKENDS, Backend, CheckedModel
 from rlp.runtime.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import Bundle, model_geometry, score_windows, top_windows
-from rlp.runtime.manifest import Manifest, sha256_file
+from rlp.runtime.manifest import Manifest, path_role, sha256_file
 from rlp.runtime.preprocess import preprocess_slice
 
 from .cases import load_case
@@ -57,13 +57,12 @@ from .cases import load_case
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
 ALL_BACKENDS = BACKENDS + TORCH_BACKENDS
 METHODS = ("plain",)
-PATH_LABEL = {"r": "R", "g": "G"}
 WARMUP_BATCHES = 2
 
 
 @dataclass
 class Row:
-    path: str  # "r" | "g"
+    path: str  # "g", "r" or a predictor variant "r-NAME"
     backend: str  # one of ALL_BACKENDS
     method: str = "plain"
     requested: bool = False  # named in --backends: unavailable is an error, not a skip
@@ -75,12 +74,12 @@ class Row:
     @property
     def approx(self) -> bool:
         """Approximates G's window map (a predictor; later also coarse-to-fine, one-shot)."""
-        return self.path == "r"
+        return path_role(self.path) == "r"
 
     @property
     def name(self) -> str:
         how = "" if self.method == "plain" else f" {self.method}"
-        return f"{PATH_LABEL[self.path]}{how} · {self.backend}"
+        return f"{self.path[0].upper()}{self.path[1:]}{how} · {self.backend}"
 
     @property
     def gpu(self) -> bool:
@@ -100,7 +99,7 @@ def check_run_matches(manifest: Manifest, run: Path, paths) -> None:
             continue  # the bundle does not say; the row process still checks geometry and architecture
         ckpt = run / info["file"]
         if not ckpt.is_file():
-            raise InputMissing(f"no {info['file']} for the torch {PATH_LABEL[path]} rows", run)
+            raise InputMissing(f"no {info['file']} for the torch {path} rows", run)
         if sha256_file(ckpt) != info["sha256"]:
             raise BadInput(f"{info['file']} is not the checkpoint the bundle's {path} was exported from "
                            "(sha256 differs); pass the run the bundle came from", run)

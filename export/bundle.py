@@ -88,14 +88,14 @@ def _metadata(run: Run, model: RunModel, key: str, precision: str, kind: str, in
         "rlp.schema": f"{SCHEMA}/{SCHEMA_VERSION}",
         "rlp.version": RLP_VERSION,
         "rlp.model": key,
-        "rlp.role": model.key,
+        "rlp.role": model.role,
         "rlp.precision": precision,
         "rlp.io_dtype": "float32",
         "rlp.input_kind": kind,
         "rlp.geometry": run.geometry.to_dict(),
         "rlp.preprocessing": run.preprocessing.to_dict(),
         "rlp.loss": {"kind": "l1", "region": run.loss_region},
-        "rlp.target_transform": run.target_transform if model.key == "r" else "identity",
+        "rlp.target_transform": run.target_transform if model.role == "r" else "identity",
         "rlp.architecture": model.arch,
         "rlp.export": info,
     }
@@ -104,7 +104,9 @@ def _metadata(run: Run, model: RunModel, key: str, precision: str, kind: str, in
 def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, reporter: Reporter) -> tuple[dict, dict]:
     """Export one trained model to every requested precision; returns manifest entries and graph summaries."""
     kind, side = input_kind(model, run.geometry), input_side(model, run.geometry)
-    in_name, out_name, out_tail = IO[model.key]
+    in_name, out_name, out_tail = IO[model.role]
+    if kind == "dense":
+        out_tail = [1, *run.geometry.grid_shape]
     with reporter.step(f"export {model.key}: ONNX opset {opts.opset}"):
         prepared, info = onnx_export.prepare_for_export(model.module)
         example = torch.rand(2, 1, side, side, generator=torch.Generator().manual_seed(0))
@@ -121,12 +123,12 @@ def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, 
             path.write_bytes(variant.SerializeToString())
             out_shape = [onnx_export.BATCH] + (out_tail or [1, side, side])
             entries[key] = ModelEntry(
-                role=model.key, file=path.name, **file_entry_fields(path),
+                role=model.role, file=path.name, **file_entry_fields(path),
                 inputs=[TensorSpec(in_name, [onnx_export.BATCH, 1, side, side], "float32")],
                 outputs=[TensorSpec(out_name, out_shape, "float32")],
                 opset=graphs[key]["opset"], precision=precision, io_dtype="float32", input_kind=kind,
                 architecture=dict(model.arch),
-                target_transform=run.target_transform if model.key == "r" else "identity",
+                target_transform=run.target_transform if model.role == "r" else "identity",
             )
             _check_io(path, entries[key])
     return entries, graphs
@@ -218,13 +220,13 @@ def _checkpoint_info(run: Run) -> dict:
 
 
 def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path, trt_env) -> list:
-    in_name, out_name, _ = IO[model.key]
+    in_name, out_name, _ = IO[model.role]
     reduced = []
     for key, entry in models.items():
-        if entry.role == model.key and entry.precision != "fp32":
+        if key.split("_", 1)[0] == model.key and entry.precision != "fp32":
             reduced.append(Candidate(key, _ort_runner(folder / entry.file, out_name), entry.precision))
     for e in engines:
-        if models[e.model].role == model.key:
+        if e.model.split("_", 1)[0] == model.key:
             from .tensorrt import EngineRunner
 
             runner = EngineRunner(trt_env, folder / e.file, in_name, out_name)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rlp.runtime.cliutil import comma_subset, int_at_least, run_main
+from rlp.runtime.manifest import PATH_PATTERN
 
 from .onnx_export import DEFAULT_OPSET
 from .run import ROLES
@@ -21,7 +22,7 @@ from .run import ROLES
 PROG = "rlp-export"
 
 
-_models = comma_subset(ROLES)
+_models = comma_subset(ROLES, PATH_PATTERN, " (and predictor variants r-NAME)")
 _positive = int_at_least(1)
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle folder to create")
     p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
-    p.add_argument("--models", type=_models, default=None, metavar="r,g",
+    p.add_argument("--models", type=_models, default=None, metavar="g,r,r-NAME",
                    help="models to export (default: every model the run has)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")

@@ -41,6 +41,7 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.errors import BadInput
 from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.heatmap import score_windows
 
 from .progress import Reporter
 
@@ -252,7 +253,20 @@ class ParityGate:
         n = sum(len(b) for _, b in pairs)
         out = {name: {"outputs": [], "scores": []} for name in runners}
         with self.reporter.step(what, total=n * len(runners)) as advance:
-            for x, target, boxes in self._chunks(kind, pairs, batch):
+            if kind == "dense":  # the whole slice once; the window map is the output
+                for i, boxes in pairs:
+                    for name, run in runners.items():
+                        maps: list[np.ndarray] = []
+
+                        def predict(x, run=run, maps=maps):
+                            maps.append(np.asarray(run(x), dtype=np.float32))
+                            return maps[-1]
+
+                        out[name]["scores"].append(score_windows(self.images[i], self.geometry, boxes, predict,
+                                                                 dense=True, on_batch=advance))
+                        if keep_outputs:
+                            out[name]["outputs"].append(maps[0])
+            for x, target, boxes in self._chunks(kind, pairs if kind != "dense" else [], batch):
                 for name, run in runners.items():
                     y = np.asarray(run(x), dtype=np.float32)
                     if role == "g":  # the box where this model's input has it (crop centre, or in place)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +25,39 @@ from torch import nn
 
 from rlp.runtime.errors import BadInput, InputMissing
 from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.manifest import sha256_file
+from rlp.runtime.manifest import path_role, sha256_file
 from rlp.runtime.preprocess import Preprocessing
 from rlp.train.checkpoint import load_checkpoint
 from rlp.train.models import build
 
 CONFIG = "config.json"
 HELDOUT = "heldout.npz"
-#: model key -> (checkpoint file, stage, key inside the checkpoint)
+#: model key -> (checkpoint file, stage, key inside the checkpoint); predictor variants
+#: ``r-NAME`` (``rlp-train predictor --variant NAME``) read ``checkpoints/predictor-NAME_best.pt``
 CHECKPOINTS = {
     "g": ("checkpoints/gan_best.pt", "gan", "g"),
     "r": ("checkpoints/predictor_best.pt", "predictor", "r"),
 }
 ROLES = tuple(CHECKPOINTS)
+VARIANT_CHECKPOINT = re.compile(r"predictor-([a-z0-9]+)_best\.pt")
+
+
+def checkpoint_of(key: str) -> tuple[str, str, str]:
+    """(checkpoint file, stage, key inside it) of model ``key``: g, r or r-NAME."""
+    if key in CHECKPOINTS:
+        return CHECKPOINTS[key]
+    if path_role(key) == "r":
+        return (f"checkpoints/predictor-{key[2:]}_best.pt", "predictor", "r")
+    raise ValueError(key)
+
+
+def run_models(path: Path) -> tuple[str, ...]:
+    """Every model key a run folder has a checkpoint for: g, r, then the variants r-NAME."""
+    keys = [k for k in ROLES if (path / CHECKPOINTS[k][0]).is_file()]
+    ck = path / "checkpoints"
+    if ck.is_dir():
+        keys += sorted(f"r-{m.group(1)}" for f in ck.iterdir() if (m := VARIANT_CHECKPOINT.fullmatch(f.name)))
+    return tuple(keys)
 LOSS_REGIONS = ("window", "image")
 
 
@@ -44,15 +65,19 @@ LOSS_REGIONS = ("window", "image")
 class RunModel:
     """One trained model of a run, rebuilt in eval mode from its checkpoint."""
 
-    key: str  # "g" | "r"
+    key: str  # "g" | "r" | "r-NAME"
     module: nn.Module
     arch: dict
     checkpoint: Path
     state: dict  # the checkpoint without its weights: stage, step, config, data, metrics, ...
 
     @property
+    def role(self) -> str:
+        return path_role(self.key)
+
+    @property
     def input_size(self) -> int:
-        return int(self.arch.get("input_size", 0))
+        return int(self.arch.get("input_size", self.arch.get("size", 0)))
 
 
 @dataclass
@@ -148,11 +173,15 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
     if not path.is_dir():
         raise InputMissing("run folder not found", path)
     config = _read_config(path / CONFIG)
-    wanted = ROLES if models is None else tuple(models)
+    wanted = run_models(path) if models is None else tuple(models)
     loaded: dict[str, RunModel] = {}
     contracts = {}
     for key in wanted:
-        rel, stage, inner = CHECKPOINTS[key]
+        try:
+            rel, stage, inner = checkpoint_of(key)
+        except ValueError:
+            raise BadInput(f"{key!r} is not a model name (g, r or r-NAME; this run has "
+                           f"{', '.join(run_models(path)) or 'none'})", path) from None
         ckpt_path = path / rel
         if not ckpt_path.is_file():
             if models is None:
@@ -188,20 +217,28 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
 
 def _check_inputs(models: dict[str, RunModel], geometry: WindowGeometry) -> None:
     g = models.get("g")
+    for m in models.values():
+        if m.role == "r":
+            input_kind(m, geometry)  # raises when R reads neither the crop nor the slice
     if g is not None:
         depth = int(g.arch.get("depth", 0))
         if geometry.input_size % (2**depth):
             raise BadInput(f"G has {depth} downsampling levels but reads {geometry.input_size}x{geometry.input_size} "
                            f"inputs (not a multiple of {2**depth})", g.checkpoint)
-    r = models.get("r")
-    if r is not None:
-        input_kind(r, geometry)  # raises when R reads neither the crop nor the slice
 
 
 def input_kind(model: RunModel, geometry: WindowGeometry) -> str:
-    """``"crop"`` when the model reads the context crop around the box, ``"image"`` for the whole slice."""
+    """``"crop"`` when the model reads the context crop around the box, ``"image"`` for the whole inpainted
+    slice, ``"dense"`` for a dense predictor (the slice, read once for every window)."""
     if model.key == "g":
         return "crop" if geometry.context is not None else "image"
+    if model.arch.get("kind") == "dense":
+        want = (geometry.size, geometry.window, geometry.stride)
+        if (model.arch.get("size"), model.arch.get("window"), model.arch.get("stride")) != want or not geometry.dense_ok():
+            raise BadInput(f"the dense predictor was built for size/window/stride {model.arch.get('size')}/"
+                           f"{model.arch.get('window')}/{model.arch.get('stride')}, the geometry is {'/'.join(map(str, want))}",
+                           model.checkpoint)
+        return "dense"
     side = model.input_size
     if geometry.context is not None and side == geometry.context:
         return "crop"

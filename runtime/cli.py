@@ -20,8 +20,9 @@ from .atomic import atomic_path
 from .backends import BACKENDS, Backend
 from .cliutil import OneLineParser, UsageError, int_at_least, run_main
 from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
-from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PATHS, PRECISIONS, Bundle, VolumeHeatmap,
+from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle, VolumeHeatmap,
                       default_bundle, demo_slices)
+from .manifest import path_role
 from .nifti import AXES, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
 from .progress import progress
@@ -52,6 +53,14 @@ data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot crea
 """
 
 
+def _heatmap_path(text: str) -> str:
+    try:
+        path_role(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a heatmap path (g, r or r-NAME)") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
                 description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
@@ -62,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle written by rlp-export (required: this install has no embedded demo bundle yet)")
     p.add_argument("--out", metavar="DIR", default="rlp-out", help="output folder (default: ./rlp-out)")
-    p.add_argument("--path", choices=PATHS, default="r", help="r: R predicts the loss (default); g: G, exact and slow")
+    p.add_argument("--path", type=_heatmap_path, default="r",
+                   help="r: the bundle's predictor (default, fast); r-NAME: a predictor variant the bundle also holds; "
+                        "g: G, exact and slow")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
                    help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -222,7 +233,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
             progress.remove_task(task)
     t1 = time.perf_counter()
     name = Path(inp).name
-    what = "predicted window L1 loss (R)" if args.path == "r" else "window L1 loss (G)"
+    what = "window L1 loss (G)" if args.path == "g" else f"predicted window L1 loss ({args.path.upper()})"
     png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=what,
                  with_input=len(res.results) == 1)
     summary = _summary(res, bundle, backend, args, outputs)

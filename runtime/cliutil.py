@@ -68,14 +68,17 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def comma_subset(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    """An argparse type: a comma-separated, non-empty subset of ``allowed`` (order kept, duplicates dropped)."""
+def comma_subset(allowed: Sequence[str], pattern=None, also: str = "") -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated, non-empty subset of ``allowed`` (order kept, duplicates dropped).
+
+    With ``pattern`` (a compiled regex), names it matches in full are allowed too; ``also`` describes them.
+    """
 
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
-        bad = [x for x in items if x not in allowed]
+        bad = [x for x in items if x not in allowed and not (pattern is not None and pattern.fullmatch(x))]
         if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}{also}, got {text!r}")
         return items
 
     return parse

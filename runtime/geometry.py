@@ -77,13 +77,24 @@ class WindowGeometry:
         return self.size if self.context is None else self.context
 
     def for_input(self, input_kind: str) -> "WindowGeometry":
-        """The geometry of what a model reads: ``"crop"`` (this geometry's context crops)
-        or ``"image"`` (the whole inpainted slice)."""
+        """The geometry of what a model reads: ``"crop"`` (this geometry's context crops),
+        ``"image"`` (the whole inpainted slice) or ``"dense"`` (the whole slice, read once)."""
         if input_kind == "crop":
             return self
-        if input_kind == "image":
+        if input_kind in ("image", "dense"):
             return replace(self, context=None)
-        raise ValueError(f"unknown model input kind {input_kind!r} (expected 'crop' or 'image')")
+        raise ValueError(f"unknown model input kind {input_kind!r} (expected 'crop', 'image' or 'dense')")
+
+    def dense_ok(self) -> bool:
+        """Is the window grid regular (every position a multiple of the stride), as a dense predictor's output is?"""
+        return (self.size - self.window) % self.stride == 0
+
+    def dense_index(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of windows at ``boxes`` in a dense predictor's output map."""
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
+        if not self.dense_ok() or (boxes % self.stride).any():
+            raise ValueError("windows off the regular stride grid have no cell in a dense map")
+        return boxes[:, 0] // self.stride, boxes[:, 1] // self.stride
 
     def window_boxes(self) -> np.ndarray:
         """(n_windows, 2) top-left (row, col) of every window, row-major."""

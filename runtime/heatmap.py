@@ -42,7 +42,8 @@ import numpy as np
 from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
 from .errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .geometry import WindowGeometry, iter_batches
-from .manifest import MANIFEST, REBUILD, Manifest, ModelEntry, load_bundle_manifest, sha256_file
+from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, path_role,
+                       sha256_file)
 from .nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
 from .preprocess import Prepared, Resampler, preprocess_slice
 
@@ -83,23 +84,37 @@ def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> W
 
 def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                   predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
-                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                  on_batch: Callable[[int], None] | None = None, dense: bool = False) -> np.ndarray:
     """Scores of the windows at ``boxes`` (top-left rows, cols) of one model-grid slice.
 
     ``predict`` maps a float32 batch (B, 1, S, S) of inpainted model inputs to
-    R's predicted losses (B, 1) (path ``"r"``) or to G's reconstructions
-    (B, 1, S, S) (path ``"g"``, scored by ``geometry.box_l1`` against the
-    original pixels).
+    R's predicted losses (B, 1) (a predictor path, ``"r"`` or ``"r-NAME"``) or
+    to G's reconstructions (B, 1, S, S) (path ``"g"``, scored by
+    ``geometry.box_l1`` against the original pixels). With ``dense`` (a dense
+    predictor) ``predict`` gets the slice itself once, (1, 1, S, S), and
+    returns the window map (1, 1, rows, cols) that the scores are read from.
     """
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    try:
+        role = path_role(path)
+    except ValueError as exc:
+        raise ValueError(f"path must be g, r or r-NAME: {exc}") from None
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
-    padded = geometry.pad(np.asarray(image, dtype=np.float32))
+    image = np.asarray(image, dtype=np.float32)
+    if dense:
+        if role != "r":
+            raise ValueError("only a predictor can be dense")
+        wmap = np.asarray(predict(image[None, None]), dtype=np.float64)
+        if wmap.shape != (1, 1) + geometry.grid_shape:
+            raise ValueError(f"dense predictor returned shape {wmap.shape}, expected {(1, 1) + geometry.grid_shape}")
+        if on_batch is not None:
+            on_batch(len(boxes))
+        return wmap[0, 0][geometry.dense_index(boxes)]
+    padded = geometry.pad(image)
     out = np.empty(len(boxes), dtype=np.float64)
     for sl in iter_batches(len(boxes), max(1, int(batch))):
         b = boxes[sl]
         y = predict(geometry.crops(padded, b, inpaint=True))
-        if path == "r":
+        if role == "r":
             out[sl] = np.asarray(y, dtype=np.float64).reshape(len(b), -1)[:, 0]
         else:
             out[sl] = geometry.box_l1(np.asarray(y), geometry.crops(padded, b, inpaint=False), b)
@@ -249,8 +264,9 @@ class Bundle:
     # -- models and backends
     def _model_key(self, path: str, kind: str) -> str:
         models = self.manifest.models
-        if path not in PATHS:
-            raise RlpError(f"path must be one of {', '.join(PATHS)}, got {path!r}", code=EX_USAGE)
+        if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
+            raise RlpError(f"path must be g, r or r-NAME (this bundle: {', '.join(self.manifest.paths())}), got {path!r}",
+                           code=EX_USAGE)
         fp16 = f"{path}_fp16"
         if self.precision == "fp16" or (self.precision == "auto" and kind in GPU_BACKENDS and fp16 in models):
             if fp16 not in models:
@@ -265,15 +281,20 @@ class Bundle:
         if key not in self._checked:
             entry = self.manifest.models[key]
             path = key.split("_", 1)[0]
-            if entry.role and entry.role != path:
+            role = path_role(path)
+            if entry.role and entry.role != role:
                 raise BadInput(f"model {key!r} has role {entry.role!r}; {REBUILD}", self.root)
-            if path == "r" and entry.target_transform not in TARGET_TRANSFORMS:
+            if entry.input_kind == "dense" and (role != "r" or not self.manifest.geometry.dense_ok()):
+                raise BadInput(f"model {key!r} is dense, which only a predictor on a regular window grid can be; "
+                               f"{REBUILD}", self.root)
+            if role == "r" and entry.target_transform not in TARGET_TRANSFORMS:
                 raise BadInput(f"model {key!r} has target_transform {entry.target_transform!r}, which this rlp "
                                f"does not know (it knows {', '.join(TARGET_TRANSFORMS)}); upgrade rlp", self.root)
             s = model_geometry(self.manifest.geometry, entry, self.root).input_size
             model = check_model(self.root, key, entry)
             want_in = (None, 1, s, s)
-            want_out = (None, 1) if path == "r" else want_in
+            want_out = want_in if role == "g" else (None, 1) + self.manifest.geometry.grid_shape \
+                if entry.input_kind == "dense" else (None, 1)
             for what, spec, want in (("input", model.input, want_in), ("output", model.output, want_out)):
                 if len(spec.shape) != len(want) or any(
                         a is not None and b is not None and a != b for a, b in zip(spec.shape, want)):
@@ -336,7 +357,8 @@ class Bundle:
         else:
             ev = geom.evaluated(prep.brain, all_windows)
             boxes = geom.window_boxes()[ev.ravel()]
-            transform = TARGET_TRANSFORMS[backend.model.entry.target_transform] if path == "r" else None
+            entry = backend.model.entry
+            transform = TARGET_TRANSFORMS[entry.target_transform] if path_role(path) == "r" else None
             dtype = backend.input_dtype
             n0 = len(backend.latencies)
 
@@ -345,8 +367,8 @@ class Bundle:
                 return transform(y) if transform is not None else y
 
             bs = min(self.batch, backend.max_batch or self.batch)
-            scores = score_windows(prep.image, model_geometry(geom, backend.model.entry), boxes, predict,
-                                   path=path, batch=bs)
+            scores = score_windows(prep.image, model_geometry(geom, entry), boxes, predict,
+                                   path=path, batch=bs, dense=entry.input_kind == "dense")
             model_s = float(sum(backend.latencies[n0:]))
             wm[ev] = scores
         t1 = time.perf_counter()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,17 @@ class TensorSpec:
     dtype: str = "float32"
 
 
+#: heatmap paths: ``g``, the default predictor ``r``, and named predictor variants ``r-NAME``
+PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
+
+
+def path_role(path: str) -> str:
+    """The role (``"g"`` or ``"r"``) of a heatmap path; ValueError for a name that is not a path."""
+    if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
+        raise ValueError(f"{path!r} is not a heatmap path (g, r or r-NAME)")
+    return path[0]
+
+
 @dataclass
 class ModelEntry:
     """One ONNX model of a bundle.
@@ -50,7 +62,12 @@ class ModelEntry:
     ``role``: ``"g"`` (reconstruction: inpainted input -> image) or ``"r"``
     (predictor: model input -> predicted window loss). ``input_kind`` says what
     the model reads: ``"crop"`` (the context crop around the box, the box
-    painted with ``fill``) or ``"image"`` (the whole inpainted slice).
+    painted with ``fill``), ``"image"`` (the whole inpainted slice), or
+    ``"dense"`` (a predictor only: the whole slice, no box painted, read once;
+    its output is the window map, ``(batch, 1, rows, cols)``).
+
+    A bundle's models are keyed by heatmap path (see :func:`path_role`), with
+    ``_fp16`` for the fp16 copy of a model.
     """
 
     role: str
@@ -108,6 +125,12 @@ class Manifest:
     created: str = ""
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
+
+    def paths(self) -> tuple[str, ...]:
+        """The heatmap paths the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
+        have = {k.split("_", 1)[0] for k in self.models}
+        have = {p for p in have if PATH_PATTERN.fullmatch(p)}
+        return tuple(p for p in ("g", "r") if p in have) + tuple(sorted(have - {"g", "r"}))
 
     def to_dict(self) -> dict:
         return {

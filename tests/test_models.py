@@ -38,9 +38,19 @@ def test_paper_r_matches_the_layer_table():
     assert y.shape == (2, 1) and bool(((y > 0) & (y < 1)).all())  # Sigmoid-14
 
 
-def test_paper_r_refuses_other_sizes():
+def test_paper_r_at_128_keeps_the_table_but_its_last_pool():
+    r = models.PaperR(128).eval()
+    assert models.n_params(r) == 1_558_273
+    names = [type(m).__name__ for m in r.net]
+    assert names == [n.split("-")[0] for n, _, _ in PAPER_TABLE if n != "MaxPool2d-11"]
+    with torch.no_grad():
+        assert r(torch.rand(2, 1, 128, 128)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("size", [96, 512])
+def test_paper_r_refuses_other_sizes(size):
     with pytest.raises(ValueError, match="256x256"):
-        models.PaperR(128)
+        models.PaperR(size)
 
 
 @pytest.mark.parametrize("side,depth", [(48, 4), (16, 2), (64, 3)])

@@ -19,6 +19,8 @@ from pathlib import Path
 from rlp.runtime.cliutil import exit_with
 from rlp.runtime.progress import stderr_console
 
+from .config import PREDICTORS
+
 PROG = "rlp-train"
 
 
@@ -62,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--width", type=int, help="G width")
         t.add_argument("--depth", type=int, help="G depth")
         t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
-        t.add_argument("--predictor", choices=["crop", "paper"], help="R variant")
+        t.add_argument("--predictor", choices=list(PREDICTORS),
+                       help="R's kind: dense (slice in, every window's loss out), crop (the crop around the box), paper")
+        t.add_argument("--variant", help="train a named predictor variant beside the run's default one "
+                       "(checkpoints predictor-NAME_*.pt, exported as model r-NAME)")
+        t.add_argument("--r-width", type=int, help="R width")
+        t.add_argument("--r-lr", type=float, help="R learning rate")
         t.add_argument("--target", choices=["window", "image"], help="R's target: window-region loss (default) or whole-image loss (paper)")
         t.add_argument("--r-steps", type=int)
         t.add_argument("--r-batch", type=int)
@@ -76,7 +83,8 @@ def _overrides(a) -> dict:
                       ("window", ("geometry", "window")), ("stride", ("geometry", "stride")),
                       ("gan_steps", ("gan", "steps")), ("gan_batch", ("gan", "batch")), ("width", ("gan", "width")),
                       ("depth", ("gan", "depth")), ("adv", ("gan", "adv")), ("predictor", ("predictor", "kind")),
-                      ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch"))):
+                      ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch")),
+                      ("variant", ("predictor", "variant")), ("r_width", ("predictor", "width")), ("r_lr", ("predictor", "lr"))):
         v = getattr(a, key)
         if v is not None:
             o[dest[0]][dest[1]] = v
@@ -105,7 +113,7 @@ def _main(argv=None) -> int:
         print(json.dumps(res, indent=2))
         return 0
     from .config import resolve
-    from .loop import train_gan, train_predictor
+    from .loop import checkpoint_name, train_gan, train_predictor
 
     cfg = resolve(a.preset, a.config, _overrides(a))
     run = Path(a.run)
@@ -116,7 +124,8 @@ def _main(argv=None) -> int:
         if not a.quiet:
             _print_result(results[-1])
     if a.cmd in ("predictor", "all"):
-        resume_r = a.resume and (run / "checkpoints" / "predictor_last.pt").exists() if a.cmd == "all" else a.resume
+        name = checkpoint_name("predictor", cfg["predictor"]["variant"])
+        resume_r = a.resume and (run / "checkpoints" / f"{name}_last.pt").exists() if a.cmd == "all" else a.resume
         results.append(train_predictor(cfg, a.data, run, resume=resume_r, quiet=a.quiet))
         if not a.quiet:
             _print_result(results[-1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -29,14 +30,19 @@ DEFAULTS: dict = {
     "predictor": {
         "kind": "crop", "steps": 1000, "batch": 32, "lr": 1e-3, "width": 32, "n_down": 3,
         "target": "window", "box_sampling": "brain", "val_every": 250, "val_windows": 512, "log_every": 10,
+        # dense predictor: G's maps on the training slices and this many augmented copies of each,
+        # on this share of their windows; loss = L1 / mean + rank_weight * (1 - Pearson per slice)
+        "variant": "", "n_context": 3, "target_copies": 3, "target_fraction": 0.25, "rank_weight": 0.5,
     },
 }
 
 # Settings that must match for --resume to continue a run.
 RESUME_KEYS = {"gan": ("geometry", "gan.width", "gan.depth", "gan.max_width", "gan.upsample", "gan.d_width", "gan.d_layers", "gan.batch"),
-               "predictor": ("geometry", "predictor.kind", "predictor.width", "predictor.n_down", "predictor.target", "predictor.batch")}
+               "predictor": ("geometry", "predictor.kind", "predictor.width", "predictor.n_down", "predictor.target", "predictor.batch",
+                             "predictor.n_context", "predictor.variant")}
 
 PRESETS = ("demo", "paper", "tiny")
+PREDICTORS = ("crop", "paper", "dense")
 
 
 def deep_update(base: dict, over: dict) -> dict:
@@ -84,8 +90,10 @@ def _validate(cfg: dict) -> None:
         raise BadInput(f"--box-sampling must be brain, middle-third or uniform, not {g['box_sampling']!r}")
     if p["target"] not in ("window", "image"):
         raise BadInput(f"--target must be window or image, not {p['target']!r}")
-    if p["kind"] not in ("crop", "paper"):
-        raise BadInput(f"--predictor must be crop or paper, not {p['kind']!r}")
+    if p["kind"] not in PREDICTORS:
+        raise BadInput(f"--predictor must be one of {', '.join(PREDICTORS)}, not {p['kind']!r}")
+    if p["variant"] and not re.fullmatch(r"[a-z0-9]+", str(p["variant"])):
+        raise BadInput(f"--variant must be lower-case letters and digits, not {p['variant']!r}")
     for sec, key in (("gan", "steps"), ("gan", "batch"), ("predictor", "steps"), ("predictor", "batch")):
         if int(cfg[sec][key]) < 1 and not (key == "steps" and int(cfg[sec][key]) == 0):
             raise BadInput(f"{sec}.{key} must be a positive integer")

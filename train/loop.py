@@ -31,6 +31,8 @@ from .augment import AugmentConfig, augment, crops_and_inpaint, sample_boxes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import resume_hash
 from .data import SliceData
+from .targets import CACHE as TARGETS_CACHE
+from .targets import build_targets
 
 
 # ----------------------------------------------------------------- helpers
@@ -213,6 +215,32 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def checkpoint_name(stage: str, variant: str | None = None) -> str:
+    """``gan``, ``predictor``, or ``predictor-NAME`` for a named predictor variant (exported as ``r-NAME``)."""
+    return f"{stage}-{variant}" if variant else stage
+
+
+def dense_loss(pred: torch.Tensor, target: torch.Tensor, rank_weight: float) -> tuple[torch.Tensor, dict]:
+    """Masked L1 on the scored windows plus ``rank_weight`` x (1 - Pearson) per slice.
+
+    ``target`` holds NaN where G did not score a window. The correlation term
+    asks for the right ordering of windows within a slice (what a heatmap shows),
+    which the L1 term alone lets a near-constant map get away without.
+    """
+    ok = torch.isfinite(target)
+    t = torch.where(ok, target, torch.zeros_like(target))
+    w = ok.to(pred.dtype)
+    n = w.flatten(1).sum(1).clamp_min(1)
+    l1 = ((pred - t).abs() * w).sum() / w.sum().clamp_min(1)
+    pm = (pred * w).flatten(1).sum(1) / n
+    tm = (t * w).flatten(1).sum(1) / n
+    pc = (pred - pm[:, None, None]) * w
+    tc = (t - tm[:, None, None]) * w
+    corr = (pc * tc).flatten(1).sum(1) / ((pc.square().flatten(1).sum(1) * tc.square().flatten(1).sum(1)).sqrt() + 1e-12)
+    loss = l1 / tm.mean().clamp_min(1e-6) + rank_weight * (1 - corr.mean())
+    return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "pearson": float(corr.mean().detach())}
+
+
 class Budget:
     def __init__(self, minutes: float):
         self.deadline = time.monotonic() + minutes * 60 if minutes and minutes > 0 else None
@@ -265,8 +293,9 @@ class _Trainer:
         self.geom = make_geometry(cfg, self.data.size)
         self.sec = cfg[stage]
         self.ckdir = self.run / "checkpoints"
-        self.last = self.ckdir / f"{stage}_last.pt"
-        self.best = self.ckdir / f"{stage}_best.pt"
+        name = checkpoint_name(stage, self.sec.get("variant"))
+        self.last = self.ckdir / f"{name}_last.pt"
+        self.best = self.ckdir / f"{name}_best.pt"
         self.resume = resume
         self.amp = self.device.type == "cuda"
         if self.dist.main:
@@ -317,7 +346,9 @@ class _Trainer:
         imgs, brains = augment(imgs, brains, aug, self.gen)
         boxes = sample_boxes(brains, self.geom, self.sec["box_sampling"], self.gen)
         inp, orig, mask = crops_and_inpaint(imgs, boxes, self.geom)
-        return inp.to(self.device), orig.to(self.device), mask.to(self.device)
+        r_geom = getattr(self, "r_geom", self.geom)
+        r_inp = inp if r_geom == self.geom else crops_and_inpaint(imgs, boxes, r_geom)[0]
+        return inp.to(self.device), orig.to(self.device), mask.to(self.device), r_inp.to(self.device)
 
     def fit(self) -> dict:
         self._build()
@@ -396,13 +427,18 @@ class _Trainer:
             self.frozen_g = models.build(gst["arch"]["g"]).to(self.device)
             self.frozen_g.load_state_dict(gst["models"]["g"])
             self.frozen_g.eval().requires_grad_(False)
+            if s["kind"] == "dense":
+                return self._build_dense(gpath, steps=max(1, int(s["steps"])))
+            # The paper's R reads the whole inpainted slice, also where G reads context crops.
+            self.r_geom = self.geom.for_input("image") if s["kind"] == "paper" else self.geom
             if s["kind"] == "paper":
-                R = models.PaperR(self.geom.input_size)
+                R = models.PaperR(self.r_geom.input_size)
             else:
                 R = models.CropR(self.geom.input_size, width=s["width"], n_down=s["n_down"])
-            vi, vo, self.val_boxes = fixed_windows(
-                self.data, "val", self.geom, int(s["val_windows"]), int(self.cfg["run"]["seed"]) + 1)
-            self.val_inp = vi
+            n_val, val_seed = int(s["val_windows"]), int(self.cfg["run"]["seed"]) + 1
+            vi, vo, self.val_boxes = fixed_windows(self.data, "val", self.geom, n_val, val_seed)
+            # the same windows (same seed and rule) as R's inputs, when R reads something else than G
+            self.val_inp = vi if self.r_geom == self.geom else fixed_windows(self.data, "val", self.r_geom, n_val, val_seed)[0]
             mask = box_mask_like(vo, self.geom, self.val_boxes)
             box, whole = g_losses(self.frozen_g, vi.to(self.device), vo.to(self.device), mask.to(self.device))
             self.val_target = (box if s["target"] == "window" else whole).cpu()
@@ -411,9 +447,31 @@ class _Trainer:
             self.R = self.dist.wrap(R.to(self.device), self.device)
             self.models = {"r": self.R}
             self.optims = {"r": torch.optim.Adam(self.R.parameters(), float(s["lr"]))}
-        steps = max(1, int(s["steps"]))
+        self._schedules(max(1, int(s["steps"])))
+
+    def _schedules(self, steps: int) -> None:
         self.scheds = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps, eta_min=0.1 * o.defaults["lr"])
                        for k, o in self.optims.items()}
+
+    def _build_dense(self, gpath: Path, steps: int) -> None:
+        """The dense predictor: G's window maps precomputed (and cached) once, then R trains on whole slices."""
+        s = self.sec
+        seed = int(self.cfg["run"]["seed"])
+        self.targets = build_targets(self.frozen_g, gpath, self.data, self.geom, s, dict(self.cfg.get("augment", {})),
+                                     seed, self.run / TARGETS_CACHE, device=self.device,
+                                     quiet=self.quiet or not self.dist.main)
+        self.frozen_g = None  # not needed any more: every target is in the cache
+        g = self.geom
+        R = models.DenseR(g.size, g.window, g.stride, width=s["width"], n_context=s["n_context"])
+        if tuple(R(torch.zeros(1, 1, g.size, g.size)).shape[-2:]) != g.grid_shape:
+            raise BadInput(f"the dense predictor cannot produce the {g.grid_shape} window grid of this geometry "
+                           f"(size {g.size}, window {g.window}, stride {g.stride}); use a crop predictor")
+        if not self.resume:
+            models.init_head_bias(R, float(np.nanmean(self.targets["train_maps"])))
+        self.R = self.dist.wrap(R.to(self.device), self.device)
+        self.models = {"r": self.R}
+        self.optims = {"r": torch.optim.Adam(self.R.parameters(), float(s["lr"]))}
+        self._schedules(steps)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
@@ -431,7 +489,9 @@ class _Trainer:
         s = self.sec
         if self.stage == "gan":
             return self._gan_step(s)
-        inp, orig, mask = self._batch(int(s["batch"]))
+        if s["kind"] == "dense":
+            return self._dense_step(s)
+        inp, orig, mask, r_inp = self._batch(int(s["batch"]))
         with torch.no_grad(), self._autocast():
             out = self.frozen_g(inp).float()
         d = (out - orig).abs()
@@ -440,14 +500,29 @@ class _Trainer:
         opt = self.optims["r"]
         opt.zero_grad(set_to_none=True)
         with self._autocast():
-            pred = self.R(inp).float().flatten()
+            pred = self.R(r_inp).float().flatten()
         loss = (pred - target).abs().mean()
         self._backward(loss, opt)
         self.scheds["r"].step()
         return {"loss": float(loss.detach()), "target_mean": float(target.mean())}
 
+    def _dense_step(self, s) -> dict:
+        t = self.targets
+        pick = torch.randint(0, len(t["train_images"]), (int(s["batch"]),), generator=self.gen).numpy()
+        x = torch.from_numpy(t["train_images"][pick]).unsqueeze(1).to(self.device)
+        target = torch.from_numpy(t["train_maps"][pick]).to(self.device)
+        self.R.train()
+        opt = self.optims["r"]
+        opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            pred = self.R(x).float()[:, 0]
+        loss, parts = dense_loss(pred, target, float(s["rank_weight"]))
+        self._backward(loss, opt)
+        self.scheds["r"].step()
+        return parts
+
     def _gan_step(self, s) -> dict:
-        inp, orig, mask = self._batch(int(s["batch"]))
+        inp, orig, mask, _ = self._batch(int(s["batch"]))
         self.G.train()
         self.D.train()
         with self._autocast():
@@ -484,6 +559,21 @@ class _Trainer:
         return logs
 
     @torch.no_grad()
+    def _validate_dense(self, R: nn.Module) -> dict:
+        t = self.targets
+        x = torch.from_numpy(t["val_images"]).unsqueeze(1)
+        pred = torch.cat([R(x[k : k + 8].to(self.device)).float()[:, 0].cpu() for k in range(0, len(x), 8)]).double().numpy()
+        tgt = t["val_maps"].astype(np.float64)
+        ok = np.isfinite(tgt)
+        mae = float(np.abs(pred[ok] - tgt[ok]).mean())
+        per_slice = [spearman(p[m], g[m]) for p, g, m in zip(pred, tgt, ok) if m.sum() > 2]
+        rank = float(np.mean(per_slice)) if per_slice else 0.0
+        mean = float(tgt[ok].mean())
+        return {"val_key": "val_objective", "val_objective": mae / mean + float(self.sec["rank_weight"]) * (1 - rank),
+                "val_mae": mae, "val_mae_rel": mae / mean, "val_mae_median_baseline": float(np.abs(np.median(tgt[ok]) - tgt[ok]).mean()),
+                "val_spearman": spearman(pred[ok], tgt[ok]), "val_spearman_slice": rank, "val_target_mean": mean}
+
+    @torch.no_grad()
     def _validate(self, step: int) -> dict:
         if not self.dist.main:
             return {}
@@ -499,6 +589,8 @@ class _Trainer:
             return {"val_key": "val_l1", "val_l1": float(box.mean()), "val_l1_image": float(whole.mean())}
         R = unwrap(self.R)
         R.eval()
+        if self.sec["kind"] == "dense":
+            return self._validate_dense(R)
         preds = []
         for s0 in range(0, len(self.val_inp), 256):
             preds.append(R(self.val_inp[s0 : s0 + 256].to(self.device)).float().flatten().cpu())

@@ -109,15 +109,20 @@ class PaperR(nn.Module):
     """The paper's reconstruction-loss predictor, exactly its layer table (1,558,273 parameters).
 
     Defined for 256x256 inputs (its last conv, kernel 4 padding 1, turns the 2x2
-    map into 1x1); other sizes are refused.
+    map into 1x1). At 128x128 (the demo grid) the table is kept with one change:
+    MaxPool2d-11 is dropped, so that Conv2d-13 meets the same 2x2 map (same
+    parameters, every other layer as in the table). Other sizes are refused.
     """
+
+    SIZES = (256, 128)
 
     def __init__(self, input_size: int = 256):
         super().__init__()
-        if input_size != 256:
-            raise ValueError(f"the paper's R is defined for 256x256 inputs, not {input_size}x{input_size}; "
-                             "use --predictor crop for other sizes")
+        if input_size not in self.SIZES:
+            raise ValueError(f"the paper's R is defined for 256x256 inputs (and 128x128 without its last max-pool), "
+                             f"not {input_size}x{input_size}; use --predictor crop or dense for other sizes")
         self.arch = dict(kind="paper", input_size=input_size)
+        last_pool = [nn.MaxPool2d(2)] if input_size == 256 else []  # MaxPool2d-11
         self.net = nn.Sequential(
             nn.Conv2d(1, 64, 3, 2, 1),  # Conv2d-1
             _act(),  # LeakyReLU-2
@@ -129,7 +134,7 @@ class PaperR(nn.Module):
             nn.MaxPool2d(2),  # MaxPool2d-8
             _act(),  # LeakyReLU-9
             nn.Conv2d(256, 512, 3, 2, 1),  # Conv2d-10
-            nn.MaxPool2d(2),  # MaxPool2d-11
+            *last_pool,
             _act(),  # LeakyReLU-12
             nn.Conv2d(512, 1, 4, 1, 1),  # Conv2d-13
         )
@@ -170,11 +175,69 @@ class CropR(nn.Module):
         return torch.sigmoid(self.head(self.pool(self.features(x)).flatten(1)))
 
 
+class DenseR(nn.Module):
+    """A predictor that reads the slice once and predicts G's loss for every window.
+
+    The slice goes in as it is (no box painted); out comes the whole window map,
+    ``(N, 1, rows, cols)`` with ``rows = (size - window) / stride + 1``, cell
+    ``[i, j]`` being the predicted L1 loss of the window whose top-left corner
+    is ``(i * stride, j * stride)``. A feature pyramid (down to ``stride``,
+    then ``n_context`` levels further for context, merged back top-down) gives
+    a non-negative per-cell loss map at the window stride; the window's loss is
+    the mean of the ``window / stride`` x ``window / stride`` cells it covers,
+    as the L1 loss is the mean of its pixels' errors. One forward pass per
+    slice instead of one per window.
+    """
+
+    def __init__(self, size: int = 128, window: int = 8, stride: int = 2, width: int = 16, n_context: int = 3):
+        super().__init__()
+        levels = int(round(math.log2(stride)))
+        if stride < 1 or 2**levels != stride:
+            raise ValueError(f"dense predictor needs a power-of-two stride, got {stride}")
+        if window % stride or size % (stride * 2**n_context) or (size - window) % stride:
+            raise ValueError(f"dense predictor needs window ({window}) and size - window ({size - window}) to be "
+                             f"multiples of the stride ({stride}) and size a multiple of {stride * 2 ** n_context}")
+        self.arch = dict(kind="dense", size=size, window=window, stride=stride, width=width, n_context=n_context)
+        c = width
+        stem: list[nn.Module] = [nn.Conv2d(1, c, 3, 1, 1), _act(), nn.Conv2d(c, c, 3, 1, 1), _act()]
+        for _ in range(levels):
+            stem += [nn.Conv2d(c, 2 * c, 3, 2, 1), _act(), nn.Conv2d(2 * c, 2 * c, 3, 1, 1), _act()]
+            c = 2 * c
+        self.stem = nn.Sequential(*stem)
+        deep = min(2 * c, 128)  # context levels; the top-down path keeps the stem's c channels
+        self.down = nn.ModuleList()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, c, 1)])
+        cin = c
+        for _ in range(n_context):
+            self.down.append(nn.Sequential(nn.Conv2d(cin, deep, 3, 2, 1), _act(), nn.Conv2d(deep, deep, 3, 1, 1), _act()))
+            self.lateral.append(nn.Conv2d(deep, c, 1))
+            cin = deep
+        # learned x2 upsampling (ConvTranspose, kernel 2 stride 2): plain convolutions export to fp16 cleanly
+        self.up = nn.ModuleList([nn.ConvTranspose2d(c, c, 2, stride=2) for _ in range(n_context)])
+        self.smooth = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), _act())
+        self.head = nn.Conv2d(c, 1, 1)
+        self.pool = nn.AvgPool2d(window // stride, stride=1)
+
+    def forward(self, x):
+        feats = [self.stem(x)]
+        for d in self.down:
+            feats.append(d(feats[-1]))
+        y = self.lateral[-1](feats[-1])
+        for k in range(len(feats) - 2, -1, -1):
+            y = self.up[k](y) + self.lateral[k](feats[k])
+        z = self.head(self.smooth(y))
+        return self.pool(F.relu(z) + torch.log(1 + torch.exp(-z.abs())))  # softplus, without a branch (exports to fp16)
+
+
 def init_head_bias(model: nn.Module, mean_target: float) -> None:
-    """Start the sigmoid head at the mean target: without it the paper's R collapses to 0."""
+    """Start the head at the mean target: without it the paper's R (sigmoid) collapses to 0.
+
+    The dense predictor's head is a softplus: its bias starts at softplus^-1(mean).
+    """
     p = min(max(float(mean_target), 1e-4), 1 - 1e-4)
+    bias = math.log(math.expm1(p)) if isinstance(model, DenseR) else math.log(p / (1 - p))
     with torch.no_grad():
-        model.head.bias.fill_(math.log(p / (1 - p)))
+        model.head.bias.fill_(bias)
         model.head.weight.mul_(0.1)
 
 
@@ -189,6 +252,8 @@ def build(arch: dict) -> nn.Module:
         return PaperR(**args)
     if kind == "crop":
         return CropR(**args)
+    if kind == "dense":
+        return DenseR(**args)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
