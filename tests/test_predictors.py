@@ -107,6 +107,10 @@ def test_dense_variant_training_writes_its_own_checkpoints_and_cache(dense_run, 
     assert (ck / "predictor-dense_best.pt").is_file() and (ck / "predictor-dense_last.pt").is_file()
     assert load_checkpoint(ck / "predictor_best.pt")["arch"]["r"]["kind"] == "crop"  # the default R is untouched
     assert load_checkpoint(ck / "predictor-dense_best.pt")["arch"]["r"]["kind"] == "dense"
+    assert json.loads((dense_run / "config.json").read_text())["predictor"]["kind"] == "crop"  # the run's own config
+    assert json.loads((dense_run / "config-dense.json").read_text())["predictor"]["kind"] == "dense"
+    stages = {json.loads(line)["stage"] for line in (dense_run / "metrics.jsonl").read_text().splitlines()}
+    assert {"gan", "predictor", "predictor-dense"} <= stages  # the variant kept the default predictor's records
     with np.load(dense_run / CACHE, allow_pickle=False) as z:
         prov = json.loads(str(z["provenance"]))
         n_train = len(z["train_images"])

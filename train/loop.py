@@ -301,7 +301,8 @@ class _Trainer:
         if self.dist.main:
             self.ckdir.mkdir(parents=True, exist_ok=True)
             (self.run / "samples").mkdir(exist_ok=True)
-            write_json(self.run / "config.json", cfg)
+            # a predictor variant keeps the run's config (the default models') and writes its own beside it
+            write_json(self.run / (f"config-{self.sec['variant']}.json" if self.sec.get("variant") else "config.json"), cfg)
 
     # -- shared
     def _state(self, step: int, best: float, metrics: dict) -> dict:
@@ -358,7 +359,9 @@ class _Trainer:
         elif self.last.exists() and self.dist.main:
             raise BadInput(f"{self.run} already holds a {self.stage} run; pass --resume to continue it or choose a new --run folder", self.last)
         # A fresh stage drops the records a discarded earlier attempt of it left (step 0 keeps none of them).
-        self.metrics = Metrics(self.run / "metrics.jsonl", step, self.stage) if self.dist.main else None
+        # records are tagged gan, predictor or predictor-NAME: a variant never drops the default predictor's
+        name = checkpoint_name(self.stage, self.sec.get("variant"))
+        self.metrics = Metrics(self.run / "metrics.jsonl", step, name) if self.dist.main else None
         total = int(self.sec["steps"])
         budget = Budget(float(self.cfg["run"].get("max_minutes") or 0))
         t0 = time.monotonic()
