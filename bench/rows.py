@@ -268,7 +268,11 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
     def predict(x: np.ndarray) -> np.ndarray:
         return backend.run(x.astype(backend.input_dtype, copy=False)).astype(np.float32, copy=False)
 
-    score_windows(prep.image, mgeom, boxes[: WARMUP_BATCHES * batch], predict, path=path, batch=batch)
+    dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
+    if dense:
+        score_windows(prep.image, mgeom, boxes, predict, path=path, dense=True)
+    else:
+        score_windows(prep.image, mgeom, boxes[: WARMUP_BATCHES * batch], predict, path=path, batch=batch)
     samples, model_s, last, used = [], [], None, None
     if windows and n > windows:
         pick = boxes[np.unique(np.linspace(0, n - 1, windows).round().astype(int))]
@@ -281,7 +285,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
         for _ in range(runs):
             k = len(backend.latencies)
             t0 = time.perf_counter()
-            score_windows(prep.image, mgeom, pick, predict, path=path, batch=batch)
+            score_windows(prep.image, mgeom, pick, predict, path=path, batch=batch, dense=dense)
             samples.append(pre_s + post_s + (time.perf_counter() - t0) * n / used)
             model_s.append(sum(backend.latencies[k:]) * n / used)
     else:
