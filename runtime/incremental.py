@@ -1,0 +1,630 @@
+"""Exact incremental scoring for predictors that read the whole slice (``input_kind`` ``"image"``).
+
+Every model input of such a predictor is the same slice with one ``window`` x
+``window`` box painted with ``geometry.fill``. A convolution's output can change
+only inside the box's projective field, which stays small through the first
+layers (the paper's R at 256/16/4: 9x9 of 128x128 after its first conv, 5x5 of
+64x64 after its second, 3x3 of 32x32 after the first pool). Following Krypton
+(Nakandala et al., SIGMOD 2019):
+
+1. the ONNX graph is read as a *prefix*, a chain of local stages (a Conv,
+   MaxPool, AveragePool or constant Pad, each followed by any number of
+   elementwise nodes: activations, BatchNormalization, arithmetic with
+   per-channel constants), and the *rest* of the network;
+2. the prefix runs once on the unpainted slice, and every stage's input is kept;
+3. for each window, each prefix stage is recomputed only on the region of its
+   output that the box can change (grown stage by stage from the kernel,
+   stride, padding and dilation in the graph), from an input crop with exactly
+   the halo that region needs: the kept input, padded as the layer pads it
+   (zeros, or -inf for a max-pool), with the window's recomputed region of the
+   previous stage pasted in. The layer runs on the crop with its padding
+   removed, so every value is the one the whole network computes;
+4. the last recomputed region is pasted into a copy of the kept activation and
+   the rest of the network runs on the batch of these.
+
+A stage runs once per batch of windows on one image: their crops side by side,
+so that the layer's matrix products stay large although each crop is small.
+numpy moves whole pixels (channels last); a Transpose in each sub-model, which
+onnxruntime folds into its own layout change, gives the layers their NCHW.
+
+Where to stop the prefix is chosen by an estimate of the work per window
+(multiply-adds and copied elements) at every stage boundary. A graph this
+module cannot reason about (its first node is not a local layer, control flow,
+a weight that is not a constant, ...) is scored plainly through
+:func:`~rlp.runtime.heatmap.score_windows`, with a note saying why; the answer
+is never approximate. Only numpy, onnx and onnxruntime are used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .backends import _import_ort
+from .errors import EX_USAGE, BadInput, RlpError, Unavailable, one_line
+from .geometry import WindowGeometry, iter_batches
+from .heatmap import DEFAULT_BATCH, TARGET_TRANSFORMS, model_geometry, score_windows
+from .manifest import REBUILD, path_role
+
+try:
+    import onnx
+    from onnx import helper, numpy_helper
+except ImportError:  # the base install: Bundle.incremental says what to install
+    onnx = helper = numpy_helper = None
+
+#: elementwise nodes with one activation input (attributes only, or constant extra inputs such as Clip's bounds)
+UNARY = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
+                   "HardSigmoid", "HardSwish", "Mish", "Gelu", "ThresholdedRelu", "Identity", "Neg", "Abs", "Exp",
+                   "Log", "Sqrt", "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Clip"})
+#: elementwise with a constant that must not vary along the spatial axes (per-channel at most)
+BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "BatchNormalization"})
+SPATIAL = frozenset({"Conv", "MaxPool", "AveragePool", "Pad"})
+#: work per copied element (gather, paste), in multiply-add FLOPs: numpy moves a few elements per
+#: nanosecond while the convolutions run at tens of FLOPs per nanosecond
+COPY_FLOPS = 16.0
+TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+#: windows per stage call: their small crops side by side in one image (the plain path's batch does not apply)
+BATCH = 512
+ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
+                 "ort-cuda": [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]}
+
+
+# --------------------------------------------------------------------------- reading the graph
+@dataclass
+class Stage:
+    """A local layer (or none: elementwise only) and the elementwise nodes after it."""
+
+    nodes: list  # the ONNX nodes, in order; the first is the local layer unless ``op`` is "elementwise"
+    input: str
+    output: str
+    op: str = "elementwise"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # begin rows, begin cols, end rows, end cols
+    auto_pad: str = "NOTSET"
+    pad_value: float = 0.0
+    flops_per_output: float = 0.0  # of the local layer, per output element
+    ceil_ok: bool = False  # an output size rounded up is allowed (MaxPool ceil_mode)
+
+    @property
+    def name(self) -> str:
+        first = self.nodes[0] if self.nodes else None
+        return (first.name or first.output[0]) if first is not None and self.op != "elementwise" else self.op
+
+    @property
+    def crop_input(self) -> str:
+        """The tensor a crop stands for: the stage's input (a Pad's output: the crop is taken padded)."""
+        return self.nodes[0].output[0] if self.op == "Pad" else self.input
+
+    def crop_nodes(self) -> list:
+        """The nodes run on a crop: the local layer without its padding (a Pad disappears), then the rest."""
+        if self.op == "elementwise":
+            return list(self.nodes)
+        head, rest = self.nodes[0], list(self.nodes[1:])
+        if self.op == "Pad":
+            return rest
+        node = onnx.NodeProto()
+        node.CopyFrom(head)
+        del node.attribute[:]
+        for a in head.attribute:
+            if a.name not in ("pads", "auto_pad"):
+                node.attribute.append(a)
+        return [node] + rest
+
+
+def image_input(graph):
+    """The graph's input that is not an initializer (older models list their initializers as inputs too)."""
+    inits = {t.name for t in graph.initializer}
+    return next((i for i in graph.input if i.name not in inits), None)
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _constants(graph) -> dict[str, np.ndarray]:
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            a = node.attribute[0] if len(node.attribute) == 1 else None
+            if a is None:
+                continue
+            v = helper.get_attribute_value(a)
+            consts[node.output[0]] = numpy_helper.to_array(v) if a.name == "value" else np.asarray(v)
+    return consts
+
+
+def _channelwise(c: np.ndarray) -> bool:
+    """Does a constant broadcast against (N, C, H, W) without varying along N, H or W?"""
+    s = (1,) * (4 - c.ndim) + tuple(c.shape) if c.ndim <= 4 else None
+    return s is not None and s[0] == 1 and s[2] == 1 and s[3] == 1
+
+
+def _pair(v, default) -> tuple[int, int]:
+    v = list(v) if v is not None else list(default)
+    if len(v) != 2:
+        raise ValueError("not a 2-D layer")
+    return int(v[0]), int(v[1])
+
+
+def _local_stage(node, x: str, consts: dict) -> Stage | str:
+    """A Stage for a local layer, or why it is not one this module can recompute on crops."""
+    op, a = node.op_type, _attrs(node)
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return f"auto_pad {auto}"
+    try:
+        if op == "Conv":
+            w = consts.get(node.input[1])
+            if w is None or w.ndim != 4:
+                return "a convolution whose weights are not a constant 4-D tensor"
+            kernel = _pair(a.get("kernel_shape"), w.shape[2:])
+            flops = 2.0 * w.shape[1] * kernel[0] * kernel[1]
+            pad_value = 0.0
+        elif op in ("MaxPool", "AveragePool"):
+            if len([o for o in node.output if o]) != 1:
+                return "a max-pool that also returns indices"
+            kernel = _pair(a.get("kernel_shape"), None)
+            pads = a.get("pads", [0, 0, 0, 0])
+            if op == "AveragePool" and (a.get("ceil_mode", 0) or (any(pads) or auto.startswith("SAME"))
+                                        and not a.get("count_include_pad", 0)):
+                return "an average-pool whose divisor changes at the border (ceil_mode, or padding not counted)"
+            flops = float(kernel[0] * kernel[1])
+            pad_value = float("-inf") if op == "MaxPool" else 0.0
+        else:  # Pad
+            if a.get("mode", b"constant") not in (b"constant", "constant"):
+                return f"a Pad in {a.get('mode')!r} mode"
+            if len(node.input) > 3 and node.input[3]:
+                return "a Pad with axes"
+            p = consts.get(node.input[1]) if len(node.input) > 1 else np.asarray(a.get("pads", []))
+            value = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else \
+                np.asarray(a.get("value", 0.0))
+            if p is None or p.size != 8 or any(p[[0, 1, 4, 5]]) or (p < 0).any() or value is None or value.size != 1:
+                return "a Pad that is not a constant, non-negative padding of the spatial axes"
+            return Stage([node], x, node.output[0], op, pads=(int(p[2]), int(p[3]), int(p[6]), int(p[7])),
+                         pad_value=float(value.reshape(())))
+        pads = a.get("pads", [0, 0, 0, 0])
+        if len(pads) != 4 or min(pads) < 0:
+            return "padding that is not 2-D and non-negative"
+        return Stage([node], x, node.output[0], op, kernel, _pair(a.get("strides"), (1, 1)),
+                     _pair(a.get("dilations"), (1, 1)), tuple(int(p) for p in pads), auto, pad_value, flops,
+                     ceil_ok=op == "MaxPool" and bool(a.get("ceil_mode", 0)))
+    except ValueError as exc:
+        return f"{op}: {exc}"
+
+
+def _elementwise(node, consts: dict) -> str | None:
+    """None when ``node`` is elementwise on its activation, else why not."""
+    op, a = node.op_type, _attrs(node)
+    if op not in UNARY and op not in BINARY:
+        return f"{op} is not a layer this module can recompute on crops"
+    if len([o for o in node.output if o]) != 1:
+        return f"{op} with more than one output"
+    if op == "BatchNormalization" and a.get("training_mode", 0):
+        return "BatchNormalization in training mode"
+    extra = [consts[i] for i in node.input if i in consts]
+    if op in BINARY and op != "BatchNormalization" and not all(_channelwise(c) for c in extra):
+        return f"{op} with a constant that varies over the image"
+    return None
+
+
+def read_chain(model) -> tuple[list[Stage], str]:
+    """The local stages at the start of ``model``'s graph, and why the chain stops where it does."""
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return [], "the graph has control flow (subgraphs)"
+    consts = _constants(g)
+    inputs = [i.name for i in g.input if i.name not in consts]
+    if len(inputs) != 1 or len(g.output) != 1:
+        return [], "the graph does not have exactly one input and one output"
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in set(n.input):
+            users.setdefault(i, []).append(n)
+    x, outputs, stages = inputs[0], {o.name for o in g.output}, []
+    while True:
+        nxt = users.get(x, [])
+        if len(nxt) != 1:
+            return stages, f"tensor {x!r} feeds {len(nxt)} nodes"
+        node = nxt[0]
+        acts = {i for i in node.input if i and i not in consts}
+        if node.domain not in ("", "ai.onnx") or acts != {x}:
+            return stages, f"node {node.name or node.op_type} ({node.op_type}) is not a layer of one activation"
+        if node.output[0] in outputs:
+            return stages, "the next node makes the output"
+        if node.op_type in SPATIAL:
+            if node.input[0] != x:
+                return stages, f"{node.op_type} does not read the activation as its first input"
+            st = _local_stage(node, x, consts)
+            if isinstance(st, str):
+                return stages, st
+            stages.append(st)
+        else:
+            why = _elementwise(node, consts)
+            if why is not None:
+                return stages, why
+            if not stages:
+                stages.append(Stage([], x, x))
+            stages[-1].nodes.append(node)
+            stages[-1].output = node.output[0]
+        x = node.output[0]
+
+
+# --------------------------------------------------------------------------- regions
+def _grow(a: np.ndarray, h: int, k: int, s: int, d: int, pb: int, n_out: int,
+          size: int | None = None) -> tuple[np.ndarray, int]:
+    """Output starts (and the common size) of the region a layer recomputes along one axis.
+
+    The input region is ``[a, a + h)`` (unpadded coordinates, one start per
+    window); output ``o`` reads inputs ``o*s - pb + j*d`` (``j < k``). The size
+    is the largest changed extent over the windows (or ``size``); every window's
+    region is shifted inside the output, so it always covers the changed outputs.
+    """
+    lo = np.clip(-((-(a + pb - d * (k - 1))) // s), 0, n_out - 1)
+    hi = np.clip((a + h - 1 + pb) // s, 0, n_out - 1)
+    if size is None:
+        size = int(max(1, (hi - lo + 1).max()))
+    return np.clip(lo, 0, n_out - size), size
+
+
+@dataclass
+class StagePlan:
+    stage: Stage
+    in_shape: tuple[int, int, int]  # C, H, W of the stage's input
+    out_shape: tuple[int, int, int]
+    region: tuple[int, int]  # rows, cols recomputed per window
+    crop: tuple[int, int]  # rows, cols of the input crop it needs
+    pads: tuple[int, int, int, int]  # padding of the kept input: begin rows, begin cols, end rows, end cols
+    in_region: tuple[int, int]  # the previous region (pasted into the crop)
+
+    def flops(self, rows: int, cols: int) -> float:
+        return (self.stage.flops_per_output + len(self.stage.nodes) - (self.stage.op != "elementwise")) \
+            * self.out_shape[0] * rows * cols
+
+    @property
+    def incremental_flops(self) -> float:
+        c_in = self.in_shape[0]
+        return self.flops(*self.region) + COPY_FLOPS * c_in * (self.crop[0] * self.crop[1]
+                                                              + self.in_region[0] * self.in_region[1])
+
+    @property
+    def full_flops(self) -> float:
+        return self.flops(*self.out_shape[1:])
+
+
+def _resolve_pads(st: Stage, n_in: tuple[int, int]) -> tuple[int, int, int, int]:
+    if st.auto_pad == "VALID":
+        return (0, 0, 0, 0)
+    if st.auto_pad == "NOTSET":
+        return st.pads
+    begin, end = [], []
+    for ax in range(2):
+        s, eff = st.stride[ax], st.dilation[ax] * (st.kernel[ax] - 1) + 1
+        total = max((-(-n_in[ax] // s) - 1) * s + eff - n_in[ax], 0)
+        small = total // 2
+        b = small if st.auto_pad == "SAME_UPPER" else total - small
+        begin.append(b)
+        end.append(total - b)
+    return (begin[0], begin[1], end[0], end[1])
+
+
+def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometry: WindowGeometry
+                ) -> tuple[list[StagePlan], str]:
+    """Region sizes and crops of every stage for the geometry's windows (stops at a stage it cannot plan)."""
+    pos = geometry.positions
+    a, h = (pos, pos), (geometry.window, geometry.window)
+    plans: list[StagePlan] = []
+    for st, cin, cout in zip(stages, shapes, shapes[1:]):
+        pads = _resolve_pads(st, cin[1:])
+        starts, sizes, crop, end = [], [], [], []
+        for ax in range(2):
+            k, s, d, n_in, n_out = st.kernel[ax], st.stride[ax], st.dilation[ax], cin[1 + ax], cout[1 + ax]
+            eff, pb, pe = d * (k - 1) + 1, pads[ax], pads[2 + ax]
+            span = n_in + pb + pe - eff
+            ok = span >= 0 and (n_out == span // s + 1 or (st.ceil_ok and n_out == -(-span // s) + 1))
+            if not ok:
+                return plans, f"stage {st.name}: output size {n_out} does not follow from input {n_in}, kernel {k}, " \
+                              f"stride {s}, padding {pb}+{pe}"
+            start, size = _grow(a[ax], h[ax], k, s, d, pb, n_out)
+            starts.append(start)
+            sizes.append(size)
+            crop.append((size - 1) * s + eff)
+            end.append(max(pe, (n_out - 1) * s + eff - pb - n_in))
+        if st.op == "elementwise" and cin != cout:
+            return plans, f"stage {st.name} changes the shape {cin} -> {cout}"
+        plans.append(StagePlan(st, cin, cout, (sizes[0], sizes[1]), (crop[0], crop[1]),
+                               (pads[0], pads[1], end[0], end[1]), (h[0], h[1])))
+        a, h = starts, (sizes[0], sizes[1])
+    return plans, ""
+
+
+def choose_split(plans: list[StagePlan], shapes: list[tuple[int, int, int]]) -> tuple[int, list[float]]:
+    """How many stages to recompute incrementally (0: none pays), and the estimated work per window for each."""
+    costs = []
+    for j in range(len(plans) + 1):
+        c, hh, ww = shapes[j]
+        costs.append(sum(p.incremental_flops for p in plans[:j]) + sum(p.full_flops for p in plans[j:])
+                     + COPY_FLOPS * c * hh * ww)
+    return int(np.argmin(costs)), costs
+
+
+# --------------------------------------------------------------------------- sub-models
+def _submodel(src, nodes: list, inputs: list[tuple[str, list]], outputs: list[str], in_perm=None, out_perm=None):
+    """A model of ``nodes`` (plus the constants they read) from ``inputs`` (name, shape) to ``outputs``.
+
+    With ``in_perm`` (``out_perm``) the inputs (outputs) are channels last, turned to and from the graph's
+    layout by a Transpose that onnxruntime folds into its own layout change: numpy then copies whole pixels.
+    """
+    g = src.graph
+    elem = image_input(g).type.tensor_type.elem_type
+    if in_perm:
+        nodes = [helper.make_node("Transpose", [f"{n}__cl"], [n], perm=in_perm) for n, _ in inputs] + list(nodes)
+        inputs = [(f"{n}__cl", shape) for n, shape in inputs]
+    if out_perm:
+        nodes = list(nodes) + [helper.make_node("Transpose", [o], [f"{o}__cl"], perm=out_perm) for o in outputs]
+        outputs = [f"{o}__cl" for o in outputs]
+    produced = {o for n in nodes for o in n.output}
+    used = {i for n in nodes for i in n.input} | set(outputs)
+    const_nodes = [n for n in g.node if n.op_type == "Constant" and n.output[0] in used - produced]
+    graph = helper.make_graph(const_nodes + list(nodes), "rlp_incremental",
+                              [helper.make_tensor_value_info(n, elem, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(o, elem, None) for o in outputs],
+                              [t for t in g.initializer if t.name in used])
+    model = helper.make_model(graph, opset_imports=list(src.opset_import), producer_name="rlp-incremental")
+    model.ir_version = src.ir_version
+    model.functions.extend(src.functions)
+    return model
+
+
+def _rest_nodes(graph, split: str) -> list | None:
+    """The nodes that compute the graph's output from tensor ``split`` (None: they also need another input)."""
+    need = {o.name for o in graph.output}
+    keep = []
+    for n in reversed(graph.node):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i and i != split)
+    have = {t.name for t in graph.initializer} | {o for n in keep for o in n.output} | {split, ""}
+    return list(reversed(keep)) if need <= have else None
+
+
+# --------------------------------------------------------------------------- scoring
+def _paste(dst: np.ndarray, src: np.ndarray, r_off: np.ndarray, c_off: np.ndarray) -> None:
+    """``dst[r_off[b] + i, b, c_off[b] + j] = src[i, b, j]`` where it falls inside ``dst``.
+
+    Both are (rows, windows, cols, channels): a row of crops side by side, channels last.
+    """
+    h, n, w = src.shape[:3]
+    rr = (r_off[:, None] + np.arange(h)).T[:, :, None]  # (h, n, 1)
+    cc = (c_off[:, None] + np.arange(w))[None]  # (1, n, w)
+    b = np.arange(n)[None, :, None]
+    ok = (rr >= 0) & (rr < dst.shape[0]) & (cc >= 0) & (cc < dst.shape[2])
+    if ok.all():
+        dst[rr, b, cc] = src
+    else:
+        rr, b, cc = (np.broadcast_to(v, ok.shape)[ok] for v in (rr, b, cc))
+        dst[rr, b, cc] = src[ok]
+
+
+class _Refused(Exception):
+    """onnxruntime could not build or run a part of the graph."""
+
+
+@dataclass
+class IncrementalScorer:
+    """Scores windows of one image-kind predictor by recomputing only what each box changes.
+
+    Build it with :meth:`from_model` (or :meth:`for_bundle`); ``plan`` is empty
+    and ``note`` says why when the graph cannot be scored incrementally, and
+    :meth:`score_windows` then scores plainly. ``latencies`` receives the
+    seconds of every onnxruntime call.
+    """
+
+    geometry: WindowGeometry
+    dtype: np.dtype
+    plan: list[StagePlan] = field(default_factory=list)
+    note: str = ""
+    costs: list[float] = field(default_factory=list)
+    transform: Callable[[np.ndarray], np.ndarray] = TARGET_TRANSFORMS["identity"]
+    latencies: list[float] = field(default_factory=list)
+    batch: int = BATCH
+    _cache: object = None
+    _stages: list = field(default_factory=list)
+    _rest: object = None
+
+    @classmethod
+    def from_model(cls, model, geometry: WindowGeometry, *, providers=("CPUExecutionProvider",),
+                   threads: int | None = None, split: int | None = None, **options) -> "IncrementalScorer":
+        """Read and plan ``model`` (an ``onnx.ModelProto`` mapping (B, 1, S, S) to (B, ...)) for ``geometry``.
+
+        ``split`` forces the number of stages recomputed incrementally (at most
+        what the graph allows); by default the cheapest by the work estimate.
+        """
+        if onnx is None:
+            raise Unavailable("incremental scoring needs the onnx package (pip install 'rlp[cpu]')")
+        geometry = geometry.for_input("image")
+        inp = image_input(model.graph)
+        elem = inp.type.tensor_type.elem_type if inp is not None else onnx.TensorProto.FLOAT
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        self = cls(geometry, dtype, **options)
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        so.intra_op_num_threads = int(threads) if threads else 0
+        so.log_severity_level = 3
+
+        def session(m):
+            try:
+                return ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=list(providers))
+            except Exception as exc:  # onnxruntime's own exception types
+                raise _Refused(one_line(exc)) from None
+
+        stages, why = read_chain(model)
+        if not stages:
+            return self._plainly(f"is not possible for this model ({why})")
+        try:
+            return self._build(model, stages, session, split)
+        except _Refused as exc:  # say so and score plainly, never wrongly
+            self.plan, self._stages = [], []
+            return self._plainly(f"is not possible for this model (onnxruntime refused a part of it: {exc})")
+
+    def _build(self, model, stages: list[Stage], session, split: int | None) -> "IncrementalScorer":
+        x0, s, dtype = stages[0].input, self.geometry.size, self.dtype
+        probe = session(_submodel(model, [n for st in stages for n in st.nodes], [(x0, [1, 1, s, s])],
+                                  [st.output for st in stages]))
+        try:
+            outs = probe.run(None, {x0: np.zeros((1, 1, s, s), dtype)})
+        except Exception as exc:  # onnxruntime's own exception types
+            raise _Refused(one_line(exc)) from None
+        shapes = [(1, s, s)] + [tuple(int(v) for v in o.shape[1:]) for o in outs]
+        if any(len(sh) != 3 for sh in shapes):
+            return self._plainly("is not possible for this model (a layer is not 2-D)")
+        plans, why = plan_stages(stages, shapes, self.geometry)
+        if not plans:
+            return self._plainly(f"is not possible for this model ({why})")
+        best, self.costs = choose_split(plans, shapes)
+        if split is not None:
+            best = max(0, min(int(split), len(plans)))
+        if best == 0:
+            return self._plainly("would not save work for this model (by the estimate of the work per window)")
+        rest = _rest_nodes(model.graph, plans[best - 1].stage.output)
+        if rest is None:
+            return self._plainly("is not possible for this model (the rest of the network reads more than the "
+                                 "recomputed layers)")
+        self.plan = plans[:best]
+        last = self.plan[-1]
+        self._cache = session(_submodel(model, [n for p in self.plan for n in p.stage.nodes], [(x0, [1, 1, s, s])],
+                                        [p.stage.output for p in self.plan], out_perm=TO_NHWC))
+        for p in self.plan:  # a Pad alone needs no session: its crop is its recomputed region
+            nodes = p.stage.crop_nodes()
+            crop_in = [(p.stage.crop_input, [1, p.crop[0], "crops_x_width", p.in_shape[0]])]
+            self._stages.append(session(_submodel(model, nodes, crop_in, [p.stage.output], TO_NCHW, TO_NHWC))
+                                if nodes else None)
+        c, h, w = last.out_shape  # the rest reads (windows, rows, cols, channels)
+        self._rest = session(_submodel(model, rest, [(last.stage.output, ["batch", h, w, c])],
+                                       [model.graph.output[0].name], in_perm=TO_NCHW))
+        return self
+
+    def _plainly(self, why: str) -> "IncrementalScorer":
+        self.note = f"incremental scoring {why}: every window is scored plainly"
+        return self
+
+    @classmethod
+    def for_bundle(cls, bundle, path: str = "r", **options) -> "IncrementalScorer":
+        """The scorer of ``bundle``'s predictor ``path`` on its backend (onnxruntime's CPU or CUDA provider)."""
+        backend = bundle.backend(path)
+        entry = backend.model.entry
+        if path_role(path) != "r" or entry.input_kind != "image":
+            what = "G" if path_role(path) == "g" else f"a predictor that reads {entry.input_kind!r} input"
+            raise RlpError(f"method incremental needs a predictor that reads the whole slice (input_kind image); "
+                           f"path {path} is {what}", code=EX_USAGE)
+        if backend.name not in ORT_PROVIDERS:
+            raise RlpError(f"method incremental runs on onnxruntime, not on {backend.name}: pass --backend "
+                           f"{' or '.join(ORT_PROVIDERS)} (Bundle.load(..., backend=...))", code=EX_USAGE)
+        if onnx is None:
+            raise Unavailable("method incremental needs the onnx package (pip install 'rlp[cpu]')")
+        model = backend.model
+        try:
+            proto = onnx.load(str(model.path)) if model.external_data else onnx.load_model_from_string(model.data)
+        except Exception as exc:
+            raise BadInput(f"onnx cannot read {entry.file} ({exc}); {REBUILD}", model.bundle) from None
+        scorer = cls.from_model(proto, model_geometry(bundle.manifest.geometry, entry, bundle.root),
+                                providers=ORT_PROVIDERS[backend.name], threads=bundle.threads,
+                                transform=TARGET_TRANSFORMS[entry.target_transform], latencies=backend.latencies,
+                                **options)
+        if scorer.note and scorer.note not in backend.notes:
+            backend.notes.append(scorer.note)
+        return scorer
+
+    # -- running
+    def _run(self, sess, x: np.ndarray) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        out = sess.run(None, {sess.get_inputs()[0].name: x})
+        self.latencies.append(time.perf_counter() - t0)
+        return out
+
+    def kept(self, image: np.ndarray) -> list[np.ndarray]:
+        """The unpainted slice's activations, channels last: every stage's input, padded as that layer pads,
+        then the last stage's output."""
+        x = np.asarray(image, dtype=self.dtype)
+        acts = [x[:, :, None]] + [a[0] for a in self._run(self._cache, x[None, None])]
+        out = []
+        for p, a in zip(self.plan, acts):
+            b0, b1, e0, e1 = p.pads
+            out.append(np.pad(a, ((b0, e0), (b1, e1), (0, 0)), constant_values=np.asarray(p.stage.pad_value, a.dtype)))
+        return out + [acts[-1]]
+
+    def score(self, image: np.ndarray, boxes: np.ndarray, *, batch: int | None = None,
+              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """The predictor's scores (transformed) of the windows at ``boxes`` (top-left rows, cols) of ``image``.
+
+        Each stage runs once per batch, on one image: the batch's input crops side by side (each widened to a
+        multiple of the stride), so that the layer's matrix products are large; the outputs between crops are
+        never read. Arrays are (rows, windows, cols, channels).
+        """
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
+        pos, w = self.geometry.positions, self.geometry.window
+        if not np.isin(boxes, pos).all():
+            raise ValueError("incremental scoring is planned for the geometry's window positions only")
+        kept = self.kept(image)
+        out = np.empty(len(boxes), dtype=np.float64)
+        for sl in iter_batches(len(boxes), max(1, int(batch or self.batch))):
+            r, c = boxes[sl, 0], boxes[sl, 1]
+            n = len(r)
+            patch = np.full((w, n, w, 1), self.geometry.fill, self.dtype)
+            for p, sess, src in zip(self.plan, self._stages, kept):
+                st, (sr, sc) = p.stage, p.stage.stride
+                r_out, _ = _grow(r, patch.shape[0], st.kernel[0], sr, st.dilation[0], p.pads[0], p.out_shape[1],
+                                 p.region[0])
+                c_out, _ = _grow(c, patch.shape[2], st.kernel[1], sc, st.dilation[1], p.pads[1], p.out_shape[2],
+                                 p.region[1])
+                width = -(-p.crop[1] // sc) * sc
+                rows = (r_out * sr)[:, None] + np.arange(p.crop[0])
+                cols = np.minimum((c_out * sc)[:, None] + np.arange(width), src.shape[1] - 1)
+                crop = src[rows.T[:, :, None], cols[None]]
+                _paste(crop, patch, r + p.pads[0] - rows[:, 0], c + p.pads[1] - cols[:, 0])
+                if sess is None:
+                    patch = crop[:, :, : p.region[1]]
+                else:
+                    y = self._run(sess, crop.reshape(1, p.crop[0], n * width, -1))[0][0]
+                    patch = y[:, (np.arange(n) * (width // sc))[:, None] + np.arange(p.region[1])]
+                r, c = r_out, c_out
+            x = np.repeat(kept[-1][:, None], n, axis=1)
+            _paste(x, patch, r, c)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (windows, rows, cols, channels): whole pixels move
+            y = self.transform(np.asarray(self._run(self._rest, x)[0]).astype(np.float32, copy=False))
+            if not np.isfinite(y).all():
+                raise BadInput("model produced non-finite value(s) (NaN/Inf); the bundle is broken")
+            out[sl] = np.asarray(y, dtype=np.float64).reshape(n, -1)[:, 0]
+            if on_batch is not None:
+                on_batch(n)
+        return out
+
+    def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
+                      predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
+                      on_batch: Callable[[int], None] | None = None, dense: bool = False) -> np.ndarray:
+        """:func:`~rlp.runtime.heatmap.score_windows`, incrementally in batches of :attr:`batch` windows (plainly,
+        through ``predict`` in batches of ``batch``, without a plan)."""
+        if not self.plan:
+            return score_windows(image, geometry, boxes, predict, path=path, batch=batch, on_batch=on_batch,
+                                 dense=dense)
+        if geometry.for_input("image") != self.geometry or dense or path_role(path) != "r":
+            raise ValueError("this incremental scorer was planned for another geometry or path")
+        return self.score(image, boxes, on_batch=on_batch)
+
+    def describe(self) -> dict:
+        """What is recomputed per window, and the estimated work (FLOPs per window) against plain scoring."""
+        if not self.plan:
+            return {"incremental": False, "note": self.note}
+        n = len(self.plan)
+        return {"incremental": True, "split_after": self.plan[-1].stage.name,
+                "stages": [{"layer": p.stage.name, "op": p.stage.op, "region": list(p.region),
+                            "of": list(p.out_shape[1:]), "crop": list(p.crop)} for p in self.plan],
+                "flops_per_window": self.costs[n], "plain_flops_per_window": self.costs[0]}
