@@ -249,6 +249,8 @@ class Bench:
                     skipped.append({**_ident(row), "reason": "the bundle has no TensorRT engine for it"})
                 else:
                     rows.append(row)
+                    if b in ("ort-cpu", "ort-cuda") and path[0] == "r" and manifest.models[path].input_kind == "image":
+                        rows.append(Row(path, b, "incremental", requested))  # exact: checked against the row above
         if run is not None and any(r.source == "run" for r in rows):
             check_run_matches(manifest, run, sorted({r.path for r in rows if r.source == "run"}))
         if not rows:
@@ -324,6 +326,7 @@ class Bench:
                 why += [f"{s['name']}: {s['reason']}" for s in skipped]
                 raise Unavailable(f"no row ran: {'; '.join(why)}")
             rep.add_speedups(results)
+            rep.add_equality(results, lambda r: load_maps(r["map_file"], len(cases)))
             panels = self._panels(cases, loaded, truth, ref, results)
             body = self._report(created, bundle_dir, manifest, run, cases, loaded, source, timing, results,
                                 skipped, ref_info)

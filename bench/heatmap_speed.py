@@ -3,13 +3,16 @@
 One 256x256 slice, every window (``all_windows``: 3721 at 256/16/4), R path::
 
     python -m rlp.bench.heatmap_speed BUNDLE [--input T1.nii.gz] [--batches 32,64] [--threads N] [--repeat 1]
+                                      [--method plain --method incremental]
 
 The plain run is an onnxruntime session on R's ONNX file fed the same inpainted
 inputs batch by batch (built with the geometry contract, as any caller must),
 with nothing else around it; it is timed at every batch size and the best one is
 the baseline. rlp's run is ``Bundle.heatmap_slice`` with the same backend and
 threads: preprocessing, validation, model calls, pixel map, mapping back to the
-input grid and the top windows. Both window maps must agree.
+input grid and the top windows (the sessions are built before the clock
+starts). Both window maps must agree. ``--method incremental`` also times the
+exact incremental method (:mod:`rlp.runtime.incremental`) against the same map.
 
 Without a trained bundle, ``--write-paper-r DIR`` writes a bundle holding the
 paper's R (its exact layer table, 1,558,273 parameters, random weights) so the
@@ -28,7 +31,7 @@ import numpy as np
 
 from rlp.runtime import Bundle
 from rlp.runtime.geometry import WindowGeometry, iter_batches
-from rlp.runtime.heatmap import model_geometry
+from rlp.runtime.heatmap import METHODS, model_geometry
 from rlp.runtime.preprocess import preprocess_slice
 
 
@@ -122,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest counts")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--method", choices=METHODS, action="append",
+                   help="rlp method to time, repeatable (default plain; incremental: exact, rlp.runtime.incremental)")
     args = p.parse_args(argv)
     if args.write_paper_r:
         args.bundle = str(paper_r_bundle(args.write_paper_r))
@@ -144,26 +149,32 @@ def main(argv=None) -> int:
             plain_maps[b] = best[1]
             rows.append({"what": "plain onnxruntime", "batch": b, "seconds": round(best[0], 3)})
             print(f"plain onnxruntime  batch {b:4d}: {best[0]:8.2f} s", file=sys.stderr)
-    for b in batches:
+    methods = args.method or ["plain"]
+    for b, method in [(b, m) for b in batches for m in methods]:
+        what = "rlp heatmap_slice" + ("" if method == "plain" else f" {method}")
         with Bundle.load(args.bundle, backend="ort-cpu", threads=args.threads, batch=b) as bundle:
+            bundle.backend("r")  # sessions are built before the clock starts
+            if method != "plain":
+                bundle.incremental("r")
             runs = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                res = bundle.heatmap_slice(image, spacing, path="r", all_windows=True)
+                res = bundle.heatmap_slice(image, spacing, path="r", all_windows=True, method=method)
                 runs.append((time.perf_counter() - t0, res))
             sec, res = min(runs, key=lambda r: r[0])
         diff = float(np.abs(res.window_map - plain_maps[b]).max())
-        rows.append({"what": "rlp heatmap_slice", "batch": b, "seconds": round(sec, 3),
+        rows.append({"what": what, "method": method, "batch": b, "seconds": round(sec, 3),
                      "model_seconds": round(res.timings["model_s"], 3), "max_abs_diff_vs_plain": diff,
                      "windows": res.n_evaluated})
-        print(f"rlp heatmap_slice  batch {b:4d}: {sec:8.2f} s (model {res.timings['model_s']:.2f} s, "
+        print(f"{what}  batch {b:4d}: {sec:8.3f} s (model {res.timings['model_s']:.3f} s, "
               f"{res.n_evaluated} windows, max |diff| vs plain {diff:.2g})", file=sys.stderr)
     best_plain = min(r["seconds"] for r in rows if r["what"] == "plain onnxruntime")
-    best_rlp = min(r["seconds"] for r in rows if r["what"] == "rlp heatmap_slice")
-    print(f"best: plain {best_plain:.2f} s, rlp {best_rlp:.2f} s (ratio rlp/plain {best_rlp / best_plain:.3f})",
-          file=sys.stderr)
+    best = {m: min(r["seconds"] for r in rows if r.get("method") == m) for m in methods}
+    ratios = ", ".join(f"rlp {m} {t:.3f} s (ratio to plain {t / best_plain:.3f})" for m, t in best.items())
+    print(f"best: plain onnxruntime {best_plain:.3f} s, {ratios}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "best_plain_s": best_plain, "best_rlp_s": best_rlp}, indent=2))
+        out = {"rows": rows, "best_plain_s": best_plain, "best_rlp_s": best.get("plain"), "best_s": best}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -47,6 +47,9 @@ A row::
                        top5_iou, argmax_distance_windows, per_slice [...]}} against the exact G maps | null
                        (null also for G rows off the reference backend in --quick: they make no maps)
     localisation       {slices, auroc, auprc, best_dice, top_window_hit_rate, hits, per_slice [...]} | null
+    equality           exact methods other than plain (incremental): {reference_row (the plain row of the same
+                       path and backend), slices, max_abs_diff (window maps), same_windows, tolerance, equal,
+                       speedup_vs_reference} | null; incremental (those rows): what is recomputed per window
     backend_details, notes, process_wall_s, error
 
 Metric definitions: fidelity compares a row's window map with the reference's
@@ -173,6 +176,27 @@ def add_speedups(rows: list[dict]) -> None:
                         "vs_g_torch": torch_g["latency"]["median_s"] / med if torch_g else None}
 
 
+EXACT_TOLERANCE = 1e-6  # exact methods: largest difference allowed from the plain row's window map
+
+
+def add_equality(rows: list[dict], maps_of) -> None:
+    """Check each exact non-plain row against the plain row of its path and backend (``maps_of(row)``: its maps)."""
+    plain = {(r["path"], r["backend"]): r for r in rows if r.get("status") == "ok" and r["method"] == "plain"}
+    for r in rows:
+        if r.get("status") != "ok" or r["method"] == "plain":
+            continue
+        ref = plain.get((r["path"], r["backend"]))
+        mine, theirs = (maps_of(r), maps_of(ref)) if ref else ([], [])
+        if not mine or len(mine) != len(theirs):
+            r["equality"] = None
+            continue
+        diff = max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs))
+        same = all(np.array_equal(a["evaluated"], b["evaluated"]) for a, b in zip(mine, theirs))
+        r["equality"] = {"reference_row": ref["name"], "slices": len(mine), "max_abs_diff": diff,
+                         "same_windows": same, "tolerance": EXACT_TOLERANCE, "equal": same and diff <= EXACT_TOLERANCE,
+                         "speedup_vs_reference": _ratio(ref["latency"]["median_s"], r["latency"]["median_s"])}
+
+
 def summary(rows: list[dict]) -> dict | None:
     """The headline: R against G on the first backend (by HEADLINE_ORDER) that has both."""
     ok = [r for r in rows if r.get("status") == "ok" and r["method"] == "plain"]
@@ -231,9 +255,12 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 
 def headline_lines(report: dict) -> list[str]:
+    exact = [f"{r['name']}: window maps {'equal' if e['equal'] else 'NOT equal'} to {e['reference_row']}'s within "
+             f"{e['tolerance']:g} (max |diff| {_f(e['max_abs_diff'])}, {_n(e['slices'], 'slice')}); speed-up over it "
+             f"{_f(e['speedup_vs_reference'], '.2f')}x." for r in report["rows"] if (e := r.get("equality"))]
     s = report.get("summary")
     if not s:
-        return ["No backend ran both R and G, so there is no R-vs-G headline."]
+        return ["No backend ran both R and G, so there is no R-vs-G headline."] + exact
     lines = [f"R vs G on {s['backend']}: R {_f(s['speedup_r_vs_g'], '.2f')}x faster per slice "
              f"(median {_f(s['r_median_s'], '.3f')} s vs {_f(s['g_median_s'], '.3f')} s; G {s['g_latency_label']})"
              + (f", {_f(s['speedup_r_vs_g_torch'], '.2f')}x faster than G in PyTorch eager" if s['speedup_r_vs_g_torch'] else "")
@@ -252,7 +279,7 @@ def headline_lines(report: dict) -> list[str]:
             lines.append(f"Localisation, {p.upper()} path ({_n(loc['slices'], 'slice')} with inserted lesions): pixel AUROC "
                          f"{_f(loc['auroc'], '.3f')}, AUPRC {_f(loc['auprc'], '.3f')}, best Dice {_f(loc['best_dice'], '.3f')}, "
                          f"top window in the lesion {loc['hits']}/{loc['slices']}.")
-    return lines
+    return lines + exact
 
 
 def markdown(report: dict) -> str:
@@ -281,6 +308,14 @@ def markdown(report: dict) -> str:
                       _f(r["speedup"]["vs_g_torch"], ".2f"),
                       r["latency_label"] + (f"; one full pass {r['latency']['full_pass_s']:.2f} s"
                                             if r["latency"].get("full_pass_s") else "")] for r in ok]))
+    exact = [r for r in ok if r.get("equality")]
+    if exact:
+        L += ["", f"Exact methods against the plain row of the same path and backend (window maps, every slice "
+                  f"with maps; equal means max |diff| <= {EXACT_TOLERANCE:g} and the same windows evaluated):", ""]
+        L.append(_table(["row", "plain row", "slices", "max abs diff", "equal", "x plain"],
+                        [[r["name"], e["reference_row"], str(e["slices"]), _f(e["max_abs_diff"]),
+                          "yes" if e["equal"] else "**no**", _f(e["speedup_vs_reference"], ".2f")]
+                         for r in exact if (e := r["equality"])]))
     L += ["", "## Memory", "",
           "Peak RSS of a process doing only that row (interpreter and libraries included; the baseline is the "
           "RSS after Python, numpy and rlp.runtime are imported, before onnxruntime or torch and the model).", ""]

@@ -56,7 +56,7 @@ from .cases import load_case
 
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
 ALL_BACKENDS = BACKENDS + TORCH_BACKENDS
-METHODS = ("plain",)
+METHODS = ("plain", "incremental")  # incremental: exact, R models that read the whole slice
 WARMUP_BATCHES = 2
 
 
@@ -248,7 +248,7 @@ def load_maps(path: str | Path, n: int) -> list[dict]:
 
 
 def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: int,
-            windows: int | None) -> tuple[dict, int, object]:
+            windows: int | None, method: str = "plain") -> tuple[dict, int, object]:
     """Warm up, then time ``runs`` heatmaps of one slice: (latency, windows evaluated, last full result).
 
     With ``windows`` (and more windows than that in the slice) the model part is
@@ -269,10 +269,11 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
         return backend.run(x.astype(backend.input_dtype, copy=False)).astype(np.float32, copy=False)
 
     dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
+    warm = score_windows if method == "plain" else bundle.incremental(path).score_windows
     if dense:
         score_windows(prep.image, mgeom, boxes, predict, path=path, dense=True)
     else:
-        score_windows(prep.image, mgeom, boxes[: WARMUP_BATCHES * batch], predict, path=path, batch=batch)
+        warm(prep.image, mgeom, boxes[: WARMUP_BATCHES * batch], predict, path=path, batch=batch)
     samples, model_s, last, used = [], [], None, None
     if windows and n > windows:
         pick = boxes[np.unique(np.linspace(0, n - 1, windows).round().astype(int))]
@@ -290,7 +291,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
             model_s.append(sum(backend.latencies[k:]) * n / used)
     else:
         for _ in range(runs):
-            last = bundle.heatmap_slice(image, spacing, path=path)
+            last = bundle.heatmap_slice(image, spacing, path=path, method=method)
             samples.append(last.timings["total_s"])
             model_s.append(last.timings["model_s"])
     latency = {**latency_stats(samples), "model_median_s": float(np.median(model_s)),
@@ -318,14 +319,14 @@ def measure(spec: dict) -> dict:
         timing_id = spec["timing_case"]["id"]
         image, spacing, _ = load_case(spec["timing_case"])
         latency, n, last = _timing(bundle, backend, path, image, spacing, spec["runs"],
-                                   spec.get("g_windows") if path == "g" else None)
+                                   spec.get("g_windows") if path == "g" else None, row["method"])
         maps, quality = {}, []
         for j, case in enumerate(spec["quality_cases"]):
             if last is not None and case["id"] == timing_id:
                 res = last
             else:
                 img, sp, _ = load_case(case)
-                res = bundle.heatmap_slice(img, sp, path=path)
+                res = bundle.heatmap_slice(img, sp, path=path, method=row["method"])
                 if latency["extrapolated"] and case["id"] == timing_id:
                     latency["full_pass_s"] = res.timings["total_s"]
             maps.update({f"{k}_{j}": v for k, v in map_record(res).items()})
@@ -334,6 +335,8 @@ def measure(spec: dict) -> dict:
         out = {**_model_facts(backend), "backend_details": _plain(backend.describe()), "notes": list(backend.notes),
                "latency": latency, "windows": n, "windows_total": bundle.manifest.geometry.n_windows,
                "quality": quality, "rss": rss}
+        if row["method"] == "incremental":
+            out["incremental"] = bundle.incremental(path).describe()
         if torch_row and backend.device.type == "cuda":
             out["gpu_torch_max_allocated_bytes"] = int(backend._torch.cuda.max_memory_allocated())
     if gpu is not None:

@@ -20,8 +20,8 @@ from .atomic import atomic_path
 from .backends import BACKENDS, Backend
 from .cliutil import OneLineParser, UsageError, int_at_least, run_main
 from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
-from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle, VolumeHeatmap,
-                      default_bundle, demo_slices)
+from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
+                      VolumeHeatmap, default_bundle, demo_slices)
 from .manifest import path_role
 from .nifti import AXES, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", type=_heatmap_path, default="r",
                    help="r: the bundle's predictor (default, fast); r-NAME: a predictor variant the bundle also holds; "
                         "g: G, exact and slow")
+    p.add_argument("--method", choices=METHODS, default="plain",
+                   help="plain (default): every window through the model; incremental: the same scores, recomputing "
+                        "only what each box changes (predictors that read the whole slice, on onnxruntime)")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
                    help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -145,6 +148,7 @@ def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs
         "bundle": {**bundle.describe(), "model": backend.model.key, "model_sha256": backend.model.entry.sha256},
         "backend": backend.describe(),
         "batch": bundle.batch,
+        "method": args.method,
         "all_windows": bool(args.all_windows),
         **body,
         "warnings": warnings,
@@ -227,7 +231,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
     try:
         res = bundle.heatmap_nifti(inp, axis=args.axis, slice=args.slice, path=args.path,
                                    all_windows=args.all_windows, top_k=args.top_k, nonfinite=args.nonfinite,
-                                   progress=on_slice)
+                                   progress=on_slice, method=args.method)
     finally:
         if task is not None:
             progress.remove_task(task)
@@ -279,6 +283,8 @@ def _run(args) -> int:
     bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
                          precision=args.precision)
     backend = bundle.backend(args.path)
+    if args.method != "plain":
+        bundle.incremental(args.path)  # a usage error for a model it cannot serve; a fallback note joins the backend's
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ DEFAULT_BATCH = 64
 DEFAULT_TOP_K = 5
 PATHS = ("r", "g")
 PRECISIONS = ("auto", "fp32", "fp16")
+METHODS = ("plain", "incremental")  # how windows are scored: every one through the model, or .incremental
 NONFINITE = ("error", "zero")
 AXIS_NAMES = {v: k for k, v in AXES.items()}
 # How R's output maps to a window L1 loss (ModelEntry.target_transform).
@@ -242,6 +243,7 @@ class Bundle:
         self.precision = precision
         self._checked: dict[str, CheckedModel] = {}
         self._backends: dict[str, Backend] = {}
+        self._incremental: dict = {}  # path -> .incremental.IncrementalScorer
         if manifest.preprocessing.size != manifest.geometry.size:
             raise BadInput(f"preprocessing size {manifest.preprocessing.size} != geometry size "
                            f"{manifest.geometry.size}; {REBUILD}", self.root / MANIFEST)
@@ -312,7 +314,16 @@ class Bundle:
                 threads=self.threads, engines=self.manifest.engines, max_batch=self.batch)
         return self._backends[path]
 
+    def incremental(self, path: str = "r"):
+        """The exact incremental scorer of an image-kind predictor (:mod:`.incremental`), built once per path."""
+        if path not in self._incremental:
+            from .incremental import IncrementalScorer  # onnx is needed only here
+
+            self._incremental[path] = IncrementalScorer.for_bundle(self, path)
+        return self._incremental[path]
+
     def close(self) -> None:
+        self._incremental.clear()
         for b in self._backends.values():
             b.close()
         self._backends.clear()
@@ -330,8 +341,15 @@ class Bundle:
     # -- heatmaps
     def heatmap_slice(self, image: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), *, path: str = "r",
                       all_windows: bool = False, top_k: int = DEFAULT_TOP_K, mask: np.ndarray | None = None,
-                      nonfinite: str | None = None, source=None) -> SliceHeatmap:
-        """Heatmap of one 2D slice (any shape; ``spacing`` = voxel size in mm along its two axes)."""
+                      nonfinite: str | None = None, source=None, method: str = "plain") -> SliceHeatmap:
+        """Heatmap of one 2D slice (any shape; ``spacing`` = voxel size in mm along its two axes).
+
+        ``method="incremental"`` (a predictor that reads the whole slice) gives the same scores, recomputing
+        only what each box changes (:mod:`.incremental`)."""
+        if method not in METHODS:
+            raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
+        if method == "incremental":
+            self.incremental(path)  # a usage error now for a model it cannot serve, even for an empty slice
         cfg = self.manifest.preprocessing
         if nonfinite is not None:
             if nonfinite not in NONFINITE:
@@ -339,10 +357,10 @@ class Bundle:
             cfg = dataclasses.replace(cfg, nonfinite=nonfinite)
         t0 = time.perf_counter()
         prep = preprocess_slice(image, cfg, tuple(spacing), mask, path=source)
-        return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0)
+        return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0, method)
 
     def _heatmap_prepared(self, prep: Prepared, path: str, all_windows: bool, top_k: int,
-                          t_pre: float) -> SliceHeatmap:
+                          t_pre: float, method: str = "plain") -> SliceHeatmap:
         geom = self.manifest.geometry
         backend = self.backend(path)
         warnings = []
@@ -367,8 +385,9 @@ class Bundle:
                 return transform(y) if transform is not None else y
 
             bs = min(self.batch, backend.max_batch or self.batch)
-            scores = score_windows(prep.image, model_geometry(geom, entry), boxes, predict,
-                                   path=path, batch=bs, dense=entry.input_kind == "dense")
+            run = score_windows if method == "plain" else self.incremental(path).score_windows
+            scores = run(prep.image, model_geometry(geom, entry), boxes, predict,
+                         path=path, batch=bs, dense=entry.input_kind == "dense")
             model_s = float(sum(backend.latencies[n0:]))
             wm[ev] = scores
         t1 = time.perf_counter()
@@ -383,7 +402,7 @@ class Bundle:
 
     def heatmap_volume(self, volume: Volume, *, axis: str = "axial", slice: int | None = None, path: str = "r",
                        all_windows: bool = False, top_k: int = DEFAULT_TOP_K, nonfinite: str | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> VolumeHeatmap:
+                       progress: Callable[[int, int], None] | None = None, method: str = "plain") -> VolumeHeatmap:
         """Heatmap of every slice along ``axis`` (or of the one with file index ``slice``).
 
         ``axis`` is anatomical (axial, coronal, sagittal: the slices are normal
@@ -426,7 +445,7 @@ class Bundle:
                 sl = np.where(np.isfinite(sl), sl, 0.0)
             spacing = tuple(z for j, z in enumerate(volume.zooms) if j != k)
             res = self.heatmap_slice(sl, spacing, path=path, all_windows=all_windows, top_k=top_k,
-                                     nonfinite="error", source=volume.path)
+                                     nonfinite="error", source=volume.path, method=method)
             index[k] = c
             heat[tuple(index)] = res.pixel_map
             for w in res.top:

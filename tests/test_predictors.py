@@ -68,6 +68,16 @@ def test_dense_loss_ignores_unscored_windows_and_rewards_ranking():
     assert torch.isfinite(reversed_.grad).all()
 
 
+def test_dense_loss_does_not_reward_a_flat_map_with_the_right_ripples():
+    """A near-constant map whose tiny ripples rank the windows right must not pass: it did, and R collapsed."""
+    t = torch.linspace(0.01, 0.3, 50).reshape(1, 5, 10)
+    ripples = t.median() + 1e-4 * (t - t.mean())
+    flat, parts = dense_loss(ripples, t, 0.5)
+    right, _ = dense_loss(t.clone(), t, 0.5)
+    assert parts["corr"] < 0.01  # judged with the target's spread, not its own
+    assert float(right) < 1e-6 < float(flat) - 0.4
+
+
 def test_targets_are_what_the_g_heatmap_computes(tiny_run):
     """The cached targets are G's window losses exactly as the runtime's G path scores them."""
     st = load_checkpoint(tiny_run / "checkpoints" / "gan_best.pt")

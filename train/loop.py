@@ -221,7 +221,7 @@ def checkpoint_name(stage: str, variant: str | None = None) -> str:
 
 
 def dense_loss(pred: torch.Tensor, target: torch.Tensor, rank_weight: float) -> tuple[torch.Tensor, dict]:
-    """Masked L1 on the scored windows plus ``rank_weight`` x (1 - Pearson) per slice.
+    """Masked L1 on the scored windows plus ``rank_weight`` x (1 - correlation) per slice.
 
     ``target`` holds NaN where G did not score a window. The correlation term
     asks for the right ordering of windows within a slice (what a heatmap shows),
@@ -236,9 +236,14 @@ def dense_loss(pred: torch.Tensor, target: torch.Tensor, rank_weight: float) -> 
     tm = (t * w).flatten(1).sum(1) / n
     pc = (pred - pm[:, None, None]) * w
     tc = (t - tm[:, None, None]) * w
-    corr = (pc * tc).flatten(1).sum(1) / ((pc.square().flatten(1).sum(1) * tc.square().flatten(1).sum(1)).sqrt() + 1e-12)
+    pn = pc.square().flatten(1).sum(1).sqrt()
+    tn = tc.square().flatten(1).sum(1).sqrt()
+    # Pearson, except that a map flatter than the target's counts as if it had the target's spread: plain
+    # Pearson is blind to scale and its gradient grows as the map flattens, which (measured) lets the map
+    # collapse to a near-constant whose tiny ripples still rank well
+    corr = (pc * tc).flatten(1).sum(1) / (tn * torch.maximum(pn, tn) + 1e-12)
     loss = l1 / tm.mean().clamp_min(1e-6) + rank_weight * (1 - corr.mean())
-    return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "pearson": float(corr.mean().detach())}
+    return loss, {"loss": float(loss.detach()), "l1": float(l1.detach()), "corr": float(corr.mean().detach())}
 
 
 class Budget:
