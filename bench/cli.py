@@ -32,7 +32,7 @@ from rlp.runtime.backends import available_backends, ort_providers
 from rlp.runtime.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
 from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
-from rlp.runtime.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, sha256_file
+from rlp.runtime.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
 from rlp.runtime.progress import progress
 
 from . import plots, report as rep
@@ -245,7 +245,7 @@ class Bench:
                 row = Row(path, b, requested=requested)
                 if path not in manifest.models:
                     skipped.append({**_ident(row), "reason": f"the bundle has no {path} model"})
-                elif b == "trt" and not any(e.model.split("_")[0] == path for e in manifest.engines):
+                elif b == "trt" and not any(model_path(e.model) == path for e in manifest.engines):
                     skipped.append({**_ident(row), "reason": "the bundle has no TensorRT engine for it"})
                 else:
                     rows.append(row)

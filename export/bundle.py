@@ -25,7 +25,8 @@ import torch
 from rlp.runtime import __version__ as RLP_VERSION
 from rlp.runtime.atomic import atomic_dir, write_json
 from rlp.runtime.errors import EX_SOFTWARE, CannotCreate, RlpError
-from rlp.runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields, sha256_file
+from rlp.runtime.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
+                                  model_path, sha256_file)
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
@@ -223,10 +224,10 @@ def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engin
     in_name, out_name, _ = IO[model.role]
     reduced = []
     for key, entry in models.items():
-        if key.split("_", 1)[0] == model.key and entry.precision != "fp32":
+        if model_path(key) == model.key and entry.precision != "fp32":
             reduced.append(Candidate(key, _ort_runner(folder / entry.file, out_name), entry.precision))
     for e in engines:
-        if e.model.split("_", 1)[0] == model.key:
+        if model_path(e.model) == model.key:
             from .tensorrt import EngineRunner
 
             runner = EngineRunner(trt_env, folder / e.file, in_name, out_name)

@@ -266,17 +266,18 @@ class ParityGate:
                                                                  dense=True, on_batch=advance))
                         if keep_outputs:
                             out[name]["outputs"].append(maps[0])
-            for x, target, boxes in self._chunks(kind, pairs if kind != "dense" else [], batch):
-                for name, run in runners.items():
-                    y = np.asarray(run(x), dtype=np.float32)
-                    if role == "g":  # the box where this model's input has it (crop centre, or in place)
-                        scores = self.geometry.for_input(kind).box_l1(y, target, boxes)
-                    else:
-                        scores = y.reshape(len(x), -1)[:, 0].astype(np.float64)
-                    if keep_outputs:
-                        out[name]["outputs"].append(y)
-                    out[name]["scores"].append(scores)
-                    advance(len(x))
+            else:
+                for x, target, boxes in self._chunks(kind, pairs, batch):
+                    for name, run in runners.items():
+                        y = np.asarray(run(x), dtype=np.float32)
+                        if role == "g":  # the box where this model's input has it (crop centre, or in place)
+                            scores = self.geometry.for_input(kind).box_l1(y, target, boxes)
+                        else:
+                            scores = y.reshape(len(x), -1)[:, 0].astype(np.float64)
+                        if keep_outputs:
+                            out[name]["outputs"].append(y)
+                        out[name]["scores"].append(scores)
+                        advance(len(x))
         return {name: {k: np.concatenate(v) if v else np.empty(0) for k, v in d.items()} for name, d in out.items()}
 
     # ------------------------------------------------------------ gate

@@ -42,8 +42,8 @@ import numpy as np
 from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
 from .errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .geometry import WindowGeometry, iter_batches
-from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, path_role,
-                       sha256_file)
+from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
+                       path_role, sha256_file)
 from .nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
 from .preprocess import Prepared, Resampler, preprocess_slice
 
@@ -282,8 +282,10 @@ class Bundle:
         """The hash-checked model ``key``, validated against the geometry contract."""
         if key not in self._checked:
             entry = self.manifest.models[key]
-            path = key.split("_", 1)[0]
-            role = path_role(path)
+            try:
+                role = path_role(model_path(key))
+            except ValueError:
+                raise BadInput(f"model key {key!r} names no heatmap path (g, r, r-NAME); {REBUILD}", self.root) from None
             if entry.role and entry.role != role:
                 raise BadInput(f"model {key!r} has role {entry.role!r}; {REBUILD}", self.root)
             if entry.input_kind == "dense" and (role != "r" or not self.manifest.geometry.dense_ok()):
@@ -295,8 +297,12 @@ class Bundle:
             s = model_geometry(self.manifest.geometry, entry, self.root).input_size
             model = check_model(self.root, key, entry)
             want_in = (None, 1, s, s)
-            want_out = want_in if role == "g" else (None, 1) + self.manifest.geometry.grid_shape \
-                if entry.input_kind == "dense" else (None, 1)
+            if role == "g":
+                want_out = want_in
+            elif entry.input_kind == "dense":
+                want_out = (None, 1) + self.manifest.geometry.grid_shape
+            else:
+                want_out = (None, 1)
             for what, spec, want in (("input", model.input, want_in), ("output", model.output, want_out)):
                 if len(spec.shape) != len(want) or any(
                         a is not None and b is not None and a != b for a, b in zip(spec.shape, want)):

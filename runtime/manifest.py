@@ -48,6 +48,11 @@ class TensorSpec:
 PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
 
 
+def model_path(key: str) -> str:
+    """The heatmap path a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
+    return key.split("_", 1)[0]
+
+
 def path_role(path: str) -> str:
     """The role (``"g"`` or ``"r"``) of a heatmap path; ValueError for a name that is not a path."""
     if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
@@ -128,7 +133,7 @@ class Manifest:
 
     def paths(self) -> tuple[str, ...]:
         """The heatmap paths the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
-        have = {k.split("_", 1)[0] for k in self.models}
+        have = {model_path(k) for k in self.models}
         have = {p for p in have if PATH_PATTERN.fullmatch(p)}
         return tuple(p for p in ("g", "r") if p in have) + tuple(sorted(have - {"g", "r"}))
 

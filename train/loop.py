@@ -296,11 +296,12 @@ class _Trainer:
         self.data = SliceData(data_path)
         self.data_prov = self.data.provenance()
         self.geom = make_geometry(cfg, self.data.size)
+        self.r_geom = self.geom  # what R reads; the paper's R reads the whole slice (set in _build)
         self.sec = cfg[stage]
         self.ckdir = self.run / "checkpoints"
-        name = checkpoint_name(stage, self.sec.get("variant"))
-        self.last = self.ckdir / f"{name}_last.pt"
-        self.best = self.ckdir / f"{name}_best.pt"
+        self.name = checkpoint_name(stage, self.sec.get("variant"))  # checkpoints and metrics records
+        self.last = self.ckdir / f"{self.name}_last.pt"
+        self.best = self.ckdir / f"{self.name}_best.pt"
         self.resume = resume
         self.amp = self.device.type == "cuda"
         if self.dist.main:
@@ -352,8 +353,7 @@ class _Trainer:
         imgs, brains = augment(imgs, brains, aug, self.gen)
         boxes = sample_boxes(brains, self.geom, self.sec["box_sampling"], self.gen)
         inp, orig, mask = crops_and_inpaint(imgs, boxes, self.geom)
-        r_geom = getattr(self, "r_geom", self.geom)
-        r_inp = inp if r_geom == self.geom else crops_and_inpaint(imgs, boxes, r_geom)[0]
+        r_inp = inp if self.r_geom == self.geom else crops_and_inpaint(imgs, boxes, self.r_geom)[0]
         return inp.to(self.device), orig.to(self.device), mask.to(self.device), r_inp.to(self.device)
 
     def fit(self) -> dict:
@@ -362,11 +362,10 @@ class _Trainer:
         if self.resume:
             step, best = self._restore()
         elif self.last.exists() and self.dist.main:
-            raise BadInput(f"{self.run} already holds a {self.stage} run; pass --resume to continue it or choose a new --run folder", self.last)
+            raise BadInput(f"{self.run} already holds a {self.name} run; pass --resume to continue it or choose a new --run folder", self.last)
         # A fresh stage drops the records a discarded earlier attempt of it left (step 0 keeps none of them).
-        # records are tagged gan, predictor or predictor-NAME: a variant never drops the default predictor's
-        name = checkpoint_name(self.stage, self.sec.get("variant"))
-        self.metrics = Metrics(self.run / "metrics.jsonl", step, name) if self.dist.main else None
+        # Records are tagged gan, predictor or predictor-NAME: a variant never drops the default predictor's.
+        self.metrics = Metrics(self.run / "metrics.jsonl", step, self.name) if self.dist.main else None
         total = int(self.sec["steps"])
         budget = Budget(float(self.cfg["run"].get("max_minutes") or 0))
         t0 = time.monotonic()
@@ -465,8 +464,8 @@ class _Trainer:
         """The dense predictor: G's window maps precomputed (and cached) once, then R trains on whole slices."""
         s = self.sec
         seed = int(self.cfg["run"]["seed"])
-        self.targets = build_targets(self.frozen_g, gpath, self.data, self.geom, s, dict(self.cfg.get("augment", {})),
-                                     seed, self.run / TARGETS_CACHE, device=self.device,
+        self.targets = build_targets(self.frozen_g, gpath, self.data, self.data_prov["sha256"], self.geom, s,
+                                     dict(self.cfg.get("augment", {})), seed, self.run / TARGETS_CACHE, device=self.device,
                                      quiet=self.quiet or not self.dist.main)
         self.frozen_g = None  # not needed any more: every target is in the cache
         g = self.geom

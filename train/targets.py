@@ -65,7 +65,7 @@ def window_loss_maps(G: nn.Module, images: np.ndarray, brains: np.ndarray, geom:
     return maps
 
 
-def build_targets(G: nn.Module, g_checkpoint: Path, data, geom: WindowGeometry, sec: dict, aug: dict,
+def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom: WindowGeometry, sec: dict, aug: dict,
                   seed: int, cache: Path, *, device: torch.device, quiet: bool = False) -> dict:
     """Training and validation (image, map) pairs for a dense predictor, from the cache when it matches.
 
@@ -76,7 +76,7 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, geom: WindowGeometry, 
     copies, fraction = int(sec["target_copies"]), float(sec["target_fraction"])
     if copies < 1 or not 0 < fraction <= 1:
         raise BadInput("predictor.target_copies must be >= 1 and predictor.target_fraction in (0, 1]")
-    prov = {"format": FORMAT, "g_checkpoint_sha256": sha256_file(g_checkpoint), "data_sha256": data.provenance()["sha256"],
+    prov = {"format": FORMAT, "g_checkpoint_sha256": sha256_file(g_checkpoint), "data_sha256": data_sha256,
             "geometry": geom.to_dict(), "copies": copies, "fraction": fraction, "augment": aug, "seed": seed}
     if cache.is_file():
         try:
