@@ -154,8 +154,10 @@ def test_paper_predictor_needs_256(tmp_path, mni_tiny, tiny_run):
     from rlp.train.loop import train_predictor
 
     cfg = resolve("tiny", None, {"predictor": {"kind": "paper"}})
+    before = (tiny_run / "config.json").read_bytes()
     with pytest.raises(ValueError, match="256x256"):
         train_predictor(cfg, str(mni_tiny), tiny_run, quiet=True)
+    assert (tiny_run / "config.json").read_bytes() == before  # a stage that never started leaves the run's config
 
 
 def test_ddp_two_gloo_processes(tmp_path, mni_tiny):

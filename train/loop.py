@@ -307,8 +307,6 @@ class _Trainer:
         if self.dist.main:
             self.ckdir.mkdir(parents=True, exist_ok=True)
             (self.run / "samples").mkdir(exist_ok=True)
-            # a predictor variant keeps the run's config (the default models') and writes its own beside it
-            write_json(self.run / (f"config-{self.sec['variant']}.json" if self.sec.get("variant") else "config.json"), cfg)
 
     # -- shared
     def _state(self, step: int, best: float, metrics: dict) -> dict:
@@ -363,6 +361,10 @@ class _Trainer:
             step, best = self._restore()
         elif self.last.exists() and self.dist.main:
             raise BadInput(f"{self.run} already holds a {self.name} run; pass --resume to continue it or choose a new --run folder", self.last)
+        if self.dist.main:  # only a stage that starts records its config: a refused or failed one leaves it alone
+            # a predictor variant keeps the run's config (the default models') and writes its own beside it
+            variant = self.sec.get("variant")
+            write_json(self.run / (f"config-{variant}.json" if variant else "config.json"), self.cfg)
         # A fresh stage drops the records a discarded earlier attempt of it left (step 0 keeps none of them).
         # Records are tagged gan, predictor or predictor-NAME: a variant never drops the default predictor's.
         self.metrics = Metrics(self.run / "metrics.jsonl", step, self.name) if self.dist.main else None
