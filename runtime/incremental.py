@@ -22,10 +22,17 @@ layers (the paper's R at 256/16/4: 9x9 of 128x128 after its first conv, 5x5 of
 4. the last recomputed region is pasted into a copy of the kept activation and
    the rest of the network runs on the batch of these.
 
-A stage runs once per batch of windows on one image: their crops side by side,
-so that the layer's matrix products stay large although each crop is small.
-numpy moves whole pixels (channels last); a Transpose in each sub-model, which
-onnxruntime folds into its own layout change, gives the layers their NCHW.
+A stage runs once per batch of windows, in one of two ways, whichever the work
+estimate prefers. An ungrouped convolution can recompute only the outputs a box
+really changes (a box's changed extent varies with its alignment to the
+strides: 2 or 3 of the 3 recomputed rows after the paper's R's first pool), each
+from its gathered receptive field, as one matrix product over the batch (a 1x1
+convolution on im2col columns); the region's other outputs are the kept map's.
+Any other layer runs on the batch's crops side by side in one image, so that its
+work stays in large calls although each crop is small. numpy moves whole pixels
+(channels last); a Transpose in each sub-model, which onnxruntime folds into its
+own layout change, gives the layers their NCHW. The sub-models' thread pools do
+not spin between calls (they take turns with numpy), and keep no memory arena.
 
 Where to stop the prefix is chosen by an estimate of the work per window
 (multiply-adds and copied elements) at every stage boundary. A graph this
@@ -38,7 +45,7 @@ is never approximate. Only numpy, onnx and onnxruntime are used.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -256,17 +263,24 @@ def read_chain(model) -> tuple[list[Stage], str]:
 
 
 # --------------------------------------------------------------------------- regions
+def _changed(lo: np.ndarray, hi: np.ndarray, k: int, s: int, d: int, pb: int, n_out: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs ``[lo', hi']`` (inclusive, one range per window) that inputs ``[lo, hi]`` reach along one axis.
+
+    Output ``o`` reads inputs ``o*s - pb + j*d`` (``j < k``, unpadded coordinates).
+    """
+    return np.clip(-((-(lo + pb - d * (k - 1))) // s), 0, n_out - 1), np.clip((hi + pb) // s, 0, n_out - 1)
+
+
 def _grow(a: np.ndarray, h: int, k: int, s: int, d: int, pb: int, n_out: int,
           size: int | None = None) -> tuple[np.ndarray, int]:
     """Output starts (and the common size) of the region a layer recomputes along one axis.
 
-    The input region is ``[a, a + h)`` (unpadded coordinates, one start per
-    window); output ``o`` reads inputs ``o*s - pb + j*d`` (``j < k``). The size
-    is the largest changed extent over the windows (or ``size``); every window's
-    region is shifted inside the output, so it always covers the changed outputs.
+    The input region is ``[a, a + h)`` (one start per window). The size is the
+    largest changed extent over the windows (or ``size``); every window's region
+    is shifted inside the output, so it always covers the changed outputs.
     """
-    lo = np.clip(-((-(a + pb - d * (k - 1))) // s), 0, n_out - 1)
-    hi = np.clip((a + h - 1 + pb) // s, 0, n_out - 1)
+    lo, hi = _changed(a, a + h - 1, k, s, d, pb, n_out)
     if size is None:
         size = int(max(1, (hi - lo + 1).max()))
     return np.clip(lo, 0, n_out - size), size
@@ -281,16 +295,24 @@ class StagePlan:
     crop: tuple[int, int]  # rows, cols of the input crop it needs
     pads: tuple[int, int, int, int]  # padding of the kept input: begin rows, begin cols, end rows, end cols
     in_region: tuple[int, int]  # the previous region (pasted into the crop)
+    exact: tuple[float, float] = (0.0, 0.0)  # mean rows, cols over the windows that really change
+    #: recompute only the outputs that change, as one matrix product over the batch (im2col); else run the layer
+    #: on the crops side by side, computing every output of the region
+    gemm: bool = False
 
-    def flops(self, rows: int, cols: int) -> float:
+    def flops(self, rows: float, cols: float) -> float:
         return (self.stage.flops_per_output + len(self.stage.nodes) - (self.stage.op != "elementwise")) \
             * self.out_shape[0] * rows * cols
 
     @property
     def incremental_flops(self) -> float:
-        c_in = self.in_shape[0]
-        return self.flops(*self.region) + COPY_FLOPS * c_in * (self.crop[0] * self.crop[1]
-                                                              + self.in_region[0] * self.in_region[1])
+        c_in, copied = self.in_shape[0], self.crop[0] * self.crop[1] + self.in_region[0] * self.in_region[1]
+        if self.gemm:  # the exact outputs, each gathering its receptive field, and the region copied from the kept map
+            taps = self.stage.kernel[0] * self.stage.kernel[1] * self.exact[0] * self.exact[1]
+            return self.flops(*self.exact) + COPY_FLOPS * (c_in * (copied + taps)
+                                                          + self.out_shape[0] * self.region[0] * self.region[1])
+        # side by side, each crop is widened to a multiple of the stride and all its outputs are computed
+        return self.flops(self.region[0], -(-self.crop[1] // self.stage.stride[1])) + COPY_FLOPS * c_in * copied
 
     @property
     def full_flops(self) -> float:
@@ -318,6 +340,7 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
     """Region sizes and crops of every stage for the geometry's windows (stops at a stage it cannot plan)."""
     pos = geometry.positions
     a, h = (pos, pos), (geometry.window, geometry.window)
+    exact = [(pos, pos + geometry.window - 1)] * 2  # what really changes, per window and axis (inclusive)
     plans: list[StagePlan] = []
     for st, cin, cout in zip(stages, shapes, shapes[1:]):
         pads = _resolve_pads(st, cin[1:])
@@ -331,16 +354,26 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
                 return plans, f"stage {st.name}: output size {n_out} does not follow from input {n_in}, kernel {k}, " \
                               f"stride {s}, padding {pb}+{pe}"
             start, size = _grow(a[ax], h[ax], k, s, d, pb, n_out)
+            exact[ax] = _changed(*exact[ax], k, s, d, pb, n_out)
             starts.append(start)
             sizes.append(size)
             crop.append((size - 1) * s + eff)
             end.append(max(pe, (n_out - 1) * s + eff - pb - n_in))
         if st.op == "elementwise" and cin != cout:
             return plans, f"stage {st.name} changes the shape {cin} -> {cout}"
-        plans.append(StagePlan(st, cin, cout, (sizes[0], sizes[1]), (crop[0], crop[1]),
-                               (pads[0], pads[1], end[0], end[1]), (h[0], h[1])))
+        plan = StagePlan(st, cin, cout, (sizes[0], sizes[1]), (crop[0], crop[1]),
+                         (pads[0], pads[1], end[0], end[1]), (h[0], h[1]),
+                         tuple(float(np.mean(np.maximum(hi - lo + 1, 0))) for lo, hi in exact))
+        if _gemm_ok(st):  # whichever the estimate says is less work
+            plan = min(plan, replace(plan, gemm=True), key=lambda q: q.incremental_flops)
+        plans.append(plan)
         a, h = starts, (sizes[0], sizes[1])
     return plans, ""
+
+
+def _gemm_ok(st: Stage) -> bool:
+    """Can the stage's layer be recomputed as one matrix product over the changed outputs (an ungrouped Conv)?"""
+    return st.op == "Conv" and int(_attrs(st.nodes[0]).get("group", 1)) == 1
 
 
 def choose_split(plans: list[StagePlan], shapes: list[tuple[int, int, int]]) -> tuple[int, list[float]]:
@@ -354,7 +387,8 @@ def choose_split(plans: list[StagePlan], shapes: list[tuple[int, int, int]]) -> 
 
 
 # --------------------------------------------------------------------------- sub-models
-def _submodel(src, nodes: list, inputs: list[tuple[str, list]], outputs: list[str], in_perm=None, out_perm=None):
+def _submodel(src, nodes: list, inputs: list[tuple[str, list]], outputs: list[str], in_perm=None, out_perm=None,
+              extra: tuple = ()):
     """A model of ``nodes`` (plus the constants they read) from ``inputs`` (name, shape) to ``outputs``.
 
     With ``in_perm`` (``out_perm``) the inputs (outputs) are channels last, turned to and from the graph's
@@ -374,11 +408,28 @@ def _submodel(src, nodes: list, inputs: list[tuple[str, list]], outputs: list[st
     graph = helper.make_graph(const_nodes + list(nodes), "rlp_incremental",
                               [helper.make_tensor_value_info(n, elem, s) for n, s in inputs],
                               [helper.make_tensor_value_info(o, elem, None) for o in outputs],
-                              [t for t in g.initializer if t.name in used])
+                              [t for t in g.initializer if t.name in used] + list(extra))
     model = helper.make_model(graph, opset_imports=list(src.opset_import), producer_name="rlp-incremental")
     model.ir_version = src.ir_version
     model.functions.extend(src.functions)
     return model
+
+
+def _pointwise(src, st: Stage, consts: dict):
+    """The stage with its convolution as a 1x1 convolution over gathered receptive fields (im2col).
+
+    Input ``(1, 1, outputs, kh * kw * C)``, channels last, the receptive field
+    of each output in (row, col, channel) order; the elementwise nodes after the
+    layer are kept, so the output is the stage's, ``(1, 1, outputs, C_out)``.
+    """
+    conv = st.nodes[0]
+    w = consts[conv.input[1]]
+    name = f"{conv.input[1]}__im2col"
+    w1 = numpy_helper.from_array(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1, 1, 1)), name)
+    node = helper.make_node("Conv", [st.input, name, *conv.input[2:]], list(conv.output), name=conv.name,
+                            kernel_shape=[1, 1])
+    return _submodel(src, [node] + list(st.nodes[1:]), [(st.input, [1, 1, "outputs", int(w1.dims[1])])],
+                     [st.output], TO_NCHW, TO_NHWC, extra=(w1,))
 
 
 def _rest_nodes(graph, split: str) -> list | None:
@@ -394,21 +445,19 @@ def _rest_nodes(graph, split: str) -> list | None:
 
 
 # --------------------------------------------------------------------------- scoring
-def _paste(dst: np.ndarray, src: np.ndarray, r_off: np.ndarray, c_off: np.ndarray) -> None:
-    """``dst[r_off[b] + i, b, c_off[b] + j] = src[i, b, j]`` where it falls inside ``dst``.
+def _gather(src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, rows: np.ndarray,
+            cols: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """Pixels ``(rows, cols)`` of window ``win``'s map: ``src`` (rows, cols, channels) with the window's
+    ``patch`` (rows, windows, cols, channels) in place at ``(pr[win], pc[win])``.
 
-    Both are (rows, windows, cols, channels): a row of crops side by side, channels last.
+    The index arrays broadcast together; the result has their shape plus the channels. One copy of whole
+    pixels, whichever map each comes from.
     """
-    h, n, w = src.shape[:3]
-    rr = (r_off[:, None] + np.arange(h)).T[:, :, None]  # (h, n, 1)
-    cc = (c_off[:, None] + np.arange(w))[None]  # (1, n, w)
-    b = np.arange(n)[None, :, None]
-    ok = (rr >= 0) & (rr < dst.shape[0]) & (cc >= 0) & (cc < dst.shape[2])
-    if ok.all():
-        dst[rr, b, cc] = src
-    else:
-        rr, b, cc = (np.broadcast_to(v, ok.shape)[ok] for v in (rr, b, cc))
-        dst[rr, b, cc] = src[ok]
+    (h, w, ch), (ph, n, pw) = src.shape, patch.shape[:3]
+    ir, ic = rows - pr[win], cols - pc[win]
+    inside = (ir >= 0) & (ir < ph) & (ic >= 0) & (ic < pw)
+    idx = np.where(inside, h * w + (ir * n + win) * pw + ic, rows * w + cols)
+    return np.concatenate([src.reshape(-1, ch), patch.reshape(-1, ch)])[idx]
 
 
 class _Refused(Exception):
@@ -439,12 +488,17 @@ class IncrementalScorer:
 
     @classmethod
     def from_model(cls, model, geometry: WindowGeometry, *, providers=("CPUExecutionProvider",),
-                   threads: int | None = None, split: int | None = None, **options) -> "IncrementalScorer":
+                   threads: int | None = None, split: int | None = None, conv: str | None = None,
+                   **options) -> "IncrementalScorer":
         """Read and plan ``model`` (an ``onnx.ModelProto`` mapping (B, 1, S, S) to (B, ...)) for ``geometry``.
 
         ``split`` forces the number of stages recomputed incrementally (at most
         what the graph allows); by default the cheapest by the work estimate.
+        ``conv`` forces how convolutions are recomputed, ``"gemm"`` (every
+        ungrouped one) or ``"crops"``; by default each the cheaper by the estimate.
         """
+        if conv not in (None, "gemm", "crops"):
+            raise ValueError(f"conv must be None, 'gemm' or 'crops', not {conv!r}")
         if onnx is None:
             raise Unavailable("incremental scoring needs the onnx package (pip install 'rlp[cpu]')")
         geometry = geometry.for_input("image")
@@ -459,6 +513,8 @@ class IncrementalScorer:
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = int(threads) if threads else 0
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # measured: spinning pools of
+        so.enable_cpu_mem_arena = False  # the 7 sub-models starved numpy and each other; arenas kept every peak
 
         def session(m):
             try:
@@ -470,12 +526,12 @@ class IncrementalScorer:
         if not stages:
             return self._plainly(f"is not possible for this model ({why})")
         try:
-            return self._build(model, stages, session, split)
+            return self._build(model, stages, session, split, conv)
         except _Refused as exc:  # say so and score plainly, never wrongly
             self.plan, self._stages = [], []
             return self._plainly(f"is not possible for this model (onnxruntime refused a part of it: {exc})")
 
-    def _build(self, model, stages: list[Stage], session, split: int | None) -> "IncrementalScorer":
+    def _build(self, model, stages: list[Stage], session, split: int | None, conv: str | None) -> "IncrementalScorer":
         x0, s, dtype = stages[0].input, self.geometry.size, self.dtype
         probe = session(_submodel(model, [n for st in stages for n in st.nodes], [(x0, [1, 1, s, s])],
                                   [st.output for st in stages]))
@@ -487,6 +543,8 @@ class IncrementalScorer:
         if any(len(sh) != 3 for sh in shapes):
             return self._plainly("is not possible for this model (a layer is not 2-D)")
         plans, why = plan_stages(stages, shapes, self.geometry)
+        if conv is not None:
+            plans = [replace(p, gemm=conv == "gemm" and _gemm_ok(p.stage)) for p in plans]
         if not plans:
             return self._plainly(f"is not possible for this model ({why})")
         best, self.costs = choose_split(plans, shapes)
@@ -502,7 +560,11 @@ class IncrementalScorer:
         last = self.plan[-1]
         self._cache = session(_submodel(model, [n for p in self.plan for n in p.stage.nodes], [(x0, [1, 1, s, s])],
                                         [p.stage.output for p in self.plan], out_perm=TO_NHWC))
+        consts = _constants(model.graph)
         for p in self.plan:  # a Pad alone needs no session: its crop is its recomputed region
+            if p.gemm:
+                self._stages.append(session(_pointwise(model, p.stage, consts)))
+                continue
             nodes = p.stage.crop_nodes()
             crop_in = [(p.stage.crop_input, [1, p.crop[0], "crops_x_width", p.in_shape[0]])]
             self._stages.append(session(_submodel(model, nodes, crop_in, [p.stage.output], TO_NCHW, TO_NHWC))
@@ -565,9 +627,11 @@ class IncrementalScorer:
               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """The predictor's scores (transformed) of the windows at ``boxes`` (top-left rows, cols) of ``image``.
 
-        Each stage runs once per batch, on one image: the batch's input crops side by side (each widened to a
-        multiple of the stride), so that the layer's matrix products are large; the outputs between crops are
-        never read. Arrays are (rows, windows, cols, channels).
+        Each stage runs once per batch. A convolution the plan marks ``gemm`` computes only the outputs that
+        really change, each from its gathered receptive field, as one matrix product; the rest of its region is
+        the kept map's. Any other layer runs on one image: the batch's input crops side by side (each widened
+        to a multiple of the stride), so that its work stays in large calls; the outputs between crops are never
+        read. Arrays are (rows, windows, cols, channels).
         """
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
         pos, w = self.geometry.positions, self.geometry.window
@@ -579,26 +643,33 @@ class IncrementalScorer:
             r, c = boxes[sl, 0], boxes[sl, 1]
             n = len(r)
             patch = np.full((w, n, w, 1), self.geometry.fill, self.dtype)
-            for p, sess, src in zip(self.plan, self._stages, kept):
+            changed = [(r, r + w - 1), (c, c + w - 1)]  # what really differs from the kept maps, inclusive
+            win = np.arange(n)
+            for i, (p, sess, src) in enumerate(zip(self.plan, self._stages, kept)):
                 st, (sr, sc) = p.stage, p.stage.stride
                 r_out, _ = _grow(r, patch.shape[0], st.kernel[0], sr, st.dilation[0], p.pads[0], p.out_shape[1],
                                  p.region[0])
                 c_out, _ = _grow(c, patch.shape[2], st.kernel[1], sc, st.dilation[1], p.pads[1], p.out_shape[2],
                                  p.region[1])
-                width = -(-p.crop[1] // sc) * sc
-                rows = (r_out * sr)[:, None] + np.arange(p.crop[0])
-                cols = np.minimum((c_out * sc)[:, None] + np.arange(width), src.shape[1] - 1)
-                crop = src[rows.T[:, :, None], cols[None]]
-                _paste(crop, patch, r + p.pads[0] - rows[:, 0], c + p.pads[1] - cols[:, 0])
-                if sess is None:
-                    patch = crop[:, :, : p.region[1]]
+                changed = [_changed(*changed[ax], st.kernel[ax], st.stride[ax], st.dilation[ax], p.pads[ax],
+                                    p.out_shape[1 + ax]) for ax in range(2)]
+                pr, pc = r + p.pads[0], c + p.pads[1]  # the patch in the padded input
+                if p.gemm:
+                    nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)
+                    patch = self._recompute(p, sess, src, patch, pr, pc, r_out, c_out, changed, kept[i + 1], nxt)
                 else:
-                    y = self._run(sess, crop.reshape(1, p.crop[0], n * width, -1))[0][0]
-                    patch = y[:, (np.arange(n) * (width // sc))[:, None] + np.arange(p.region[1])]
+                    width = -(-p.crop[1] // sc) * sc
+                    rows = (r_out * sr)[:, None] + np.arange(p.crop[0])
+                    cols = np.minimum((c_out * sc)[:, None] + np.arange(width), src.shape[1] - 1)
+                    crop = _gather(src, patch, pr, pc, rows.T[:, :, None], cols[None], win[None, :, None])
+                    if sess is None:
+                        patch = crop[:, :, : p.region[1]]
+                    else:
+                        y = self._run(sess, crop.reshape(1, p.crop[0], n * width, -1))[0][0]
+                        patch = y[:, (np.arange(n) * (width // sc))[:, None] + np.arange(p.region[1])]
                 r, c = r_out, c_out
-            x = np.repeat(kept[-1][:, None], n, axis=1)
-            _paste(x, patch, r, c)
-            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (windows, rows, cols, channels): whole pixels move
+            h, w_, _ = kept[-1].shape  # the rest reads (windows, rows, cols, channels): whole pixels move
+            x = _gather(kept[-1], patch, r, c, np.arange(h)[None, :, None], np.arange(w_)[None, None], win[:, None, None])
             y = self.transform(np.asarray(self._run(self._rest, x)[0]).astype(np.float32, copy=False))
             if not np.isfinite(y).all():
                 raise BadInput("model produced non-finite value(s) (NaN/Inf); the bundle is broken")
@@ -606,6 +677,29 @@ class IncrementalScorer:
             if on_batch is not None:
                 on_batch(n)
         return out
+
+    def _recompute(self, p: StagePlan, sess, src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray,
+                   r_out: np.ndarray, c_out: np.ndarray, changed: list, base: np.ndarray,
+                   offset: tuple[int, int]) -> np.ndarray:
+        """A ``gemm`` stage's region (rows, windows, cols, channels): the outputs in ``changed`` computed from
+        their receptive fields (in ``src`` with ``patch`` at ``pr, pc``), the others the kept output ``base``
+        (padded by ``offset``)."""
+        (rh, rw), st = p.region, p.stage
+        rows, cols = r_out[:, None] + np.arange(rh), c_out[:, None] + np.arange(rw)  # (windows, rh), (windows, rw)
+        (r_lo, r_hi), (c_lo, c_hi) = changed
+        need = ((rows >= r_lo[:, None]) & (rows <= r_hi[:, None])).T[:, :, None] \
+            & ((cols >= c_lo[:, None]) & (cols <= c_hi[:, None]))[None]
+        i, b, j = np.nonzero(need)
+        (kh, kw), (sr, sc), (dr, dc) = st.kernel, st.stride, st.dilation
+        taps = _gather(src, patch, pr, pc, ((r_out[b] + i) * sr)[:, None, None] + (np.arange(kh) * dr)[:, None],
+                       ((c_out[b] + j) * sc)[:, None, None] + np.arange(kw) * dc, b[:, None, None])
+        y = self._run(sess, taps.reshape(1, 1, len(i), -1))[0].reshape(len(i), -1) if len(i) else \
+            np.empty((0, base.shape[2]), base.dtype)
+        at = np.zeros(need.shape, np.int64)
+        at[i, b, j] = np.arange(len(i))  # the computed outputs, in place over the kept map
+        h, w, ch = base.shape
+        idx = np.where(need, h * w + at, (rows + offset[0]).T[:, :, None] * w + (cols + offset[1])[None])
+        return np.concatenate([base.reshape(-1, ch), y])[idx]
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
@@ -626,5 +720,7 @@ class IncrementalScorer:
         n = len(self.plan)
         return {"incremental": True, "split_after": self.plan[-1].stage.name,
                 "stages": [{"layer": p.stage.name, "op": p.stage.op, "region": list(p.region),
-                            "of": list(p.out_shape[1:]), "crop": list(p.crop)} for p in self.plan],
+                            "of": list(p.out_shape[1:]), "crop": list(p.crop),
+                            "changed": [round(v, 2) for v in p.exact], "as": "gemm" if p.gemm else "crops"}
+                           for p in self.plan],
                 "flops_per_window": self.costs[n], "plain_flops_per_window": self.costs[0]}
