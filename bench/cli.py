@@ -29,6 +29,7 @@ from typing import Sequence
 from rlp.runtime import __version__
 from rlp.runtime.atomic import atomic_dir, write_bytes, write_json, write_text
 from rlp.runtime.backends import available_backends, ort_providers
+from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
 from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
@@ -251,6 +252,8 @@ class Bench:
                     rows.append(row)
                     if b in ("ort-cpu", "ort-cuda") and path[0] == "r" and manifest.models[path].input_kind == "image":
                         rows.append(Row(path, b, "incremental", requested))  # exact: checked against the row above
+                    if b in ("ort-cpu", "ort-cuda") and path == "g":
+                        rows.append(Row(path, b, COARSE, requested))  # approximate: measured against the row above
         if run is not None and any(r.source == "run" for r in rows):
             check_run_matches(manifest, run, sorted({r.path for r in rows if r.source == "run"}))
         if not rows:

@@ -50,6 +50,10 @@ A row::
     equality           exact methods other than plain (incremental): {reference_row (the plain row of the same
                        path and backend), slices, max_abs_diff (window maps), same_windows, tolerance, equal,
                        speedup_vs_reference} | null; incremental (those rows): what is recomputed per window
+    approximation      approximate methods (coarse-to-fine): {reference_row, slices, spearman, top5_iou, mae_rel
+                       (means over slices against the plain row's maps), max_abs_diff, same_argmax (slices whose
+                       top window is the plain row's), scored_fraction, speedup_vs_reference} | null;
+                       approximate (those rows): the settings and the windows scored exactly
     backend_details, notes, process_wall_s, error
 
 Metric definitions: fidelity compares a row's window map with the reference's
@@ -69,6 +73,7 @@ import math
 import numpy as np
 
 from .metrics import auprc, auroc, best_dice, fidelity
+from .rows import APPROXIMATE_METHODS
 
 SCHEMA = "rlp.bench.report"
 SCHEMA_VERSION = 1
@@ -180,15 +185,29 @@ EXACT_TOLERANCE = 1e-6  # exact methods: largest difference allowed from the pla
 
 
 def add_equality(rows: list[dict], maps_of) -> None:
-    """Check each exact non-plain row against the plain row of its path and backend (``maps_of(row)``: its maps)."""
+    """Check each non-plain row against the plain row of its path and backend (``maps_of(row)``: its maps):
+    an exact method must give equal maps (``equality``); an approximate one says how close it comes
+    (``approximation``)."""
     plain = {(r["path"], r["backend"]): r for r in rows if r.get("status") == "ok" and r["method"] == "plain"}
     for r in rows:
         if r.get("status") != "ok" or r["method"] == "plain":
             continue
         ref = plain.get((r["path"], r["backend"]))
         mine, theirs = (maps_of(r), maps_of(ref)) if ref else ([], [])
+        key = "approximation" if r["method"] in APPROXIMATE_METHODS else "equality"
         if not mine or len(mine) != len(theirs):
-            r["equality"] = None
+            r[key] = None
+            continue
+        if key == "approximation":
+            per = [fidelity(a["window"], b["window"], b["evaluated"]) for a, b in zip(mine, theirs)]
+            r[key] = {"reference_row": ref["name"], "slices": len(per),
+                      **{k: float(np.mean([f[k] for f in per])) for k in ("spearman", "top5_iou", "mae_rel")},
+                      "max_abs_diff": max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs)),
+                      "same_argmax": sum(int(np.argmax(a["window"]) == np.argmax(b["window"]))
+                                         for a, b in zip(mine, theirs)),
+                      "scored_fraction": _ratio((r.get("approximate") or {}).get("scored"),
+                                                (r.get("approximate") or {}).get("windows")),
+                      "speedup_vs_reference": _ratio(ref["latency"]["median_s"], r["latency"]["median_s"])}
             continue
         diff = max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs))
         same = all(np.array_equal(a["evaluated"], b["evaluated"]) for a, b in zip(mine, theirs))
@@ -258,6 +277,10 @@ def headline_lines(report: dict) -> list[str]:
     exact = [f"{r['name']}: window maps {'equal' if e['equal'] else 'NOT equal'} to {e['reference_row']}'s within "
              f"{e['tolerance']:g} (max |diff| {_f(e['max_abs_diff'])}, {_n(e['slices'], 'slice')}); speed-up over it "
              f"{_f(e['speedup_vs_reference'], '.2f')}x." for r in report["rows"] if (e := r.get("equality"))]
+    exact += [f"{r['name']} (APPROXIMATE, {_f(100 * a['scored_fraction'] if a['scored_fraction'] else None, '.0f')}% "
+              f"of windows scored exactly): {_f(a['speedup_vs_reference'], '.2f')}x faster than {a['reference_row']}; "
+              f"against its map Spearman {_f(a['spearman'], '.3f')}, top-5% IoU {_f(a['top5_iou'], '.3f')}, same top "
+              f"window on {a['same_argmax']}/{a['slices']} slices." for r in report["rows"] if (a := r.get("approximation"))]
     s = report.get("summary")
     if not s:
         return ["No backend ran both R and G, so there is no R-vs-G headline."] + exact
@@ -316,6 +339,17 @@ def markdown(report: dict) -> str:
                         [[r["name"], e["reference_row"], str(e["slices"]), _f(e["max_abs_diff"]),
                           "yes" if e["equal"] else "**no**", _f(e["speedup_vs_reference"], ".2f")]
                          for r in exact if (e := r["equality"])]))
+    approx = [r for r in ok if r.get("approximation")]
+    if approx:
+        L += ["", "Approximate methods against the plain row of the same path and backend (window maps over the "
+                  "evaluated windows; means over slices):", ""]
+        L.append(_table(["row", "plain row", "slices", "scored exactly", "Spearman", "top-5% IoU", "MAE % of plain",
+                         "max abs diff", "same top window", "x plain"],
+                        [[r["name"], a["reference_row"], str(a["slices"]), _f(100 * a["scored_fraction"] if
+                                                                             a["scored_fraction"] else None, ".0f") + "%",
+                          _f(a["spearman"], ".3f"), _f(a["top5_iou"], ".3f"), _f(100 * a["mae_rel"], ".2f"),
+                          _f(a["max_abs_diff"]), f"{a['same_argmax']}/{a['slices']}", _f(a["speedup_vs_reference"], ".2f")]
+                         for r in approx if (a := r["approximation"])]))
     L += ["", "## Memory", "",
           "Peak RSS of a process doing only that row (interpreter and libraries included; the baseline is the "
           "RSS after Python, numpy and rlp.runtime are imported, before onnxruntime or torch and the model).", ""]

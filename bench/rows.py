@@ -5,15 +5,16 @@ A row is ``{name, path, method, backend, source, approx}``:
 - ``path``: ``"r"`` (R predicts each window's loss) or ``"g"`` (G reconstructs,
   the loss is computed: exact);
 - ``method``: how the windows are scored; ``"plain"`` = every evaluated window
-  through the model, in batches (the paper's setting). Later methods
-  (incremental, coarse-to-fine, one-shot, predictor variants) are new entries
-  of :data:`METHODS`; the report's schema does not change;
+  through the model, in batches (the paper's setting); ``"incremental"``
+  (exact, predictors that read the whole slice) and ``"coarse-to-fine"``
+  (approximate, G by default) are measured against the plain row of the same
+  path and backend; the report's schema does not change;
 - ``backend``: an onnxruntime/TensorRT backend of :mod:`rlp.runtime.backends`
   on the bundle's ONNX models, or ``torch-cpu``/``torch-cuda``: PyTorch eager
   (NCHW, ``inference_mode``) on the checkpoints of ``--run``;
-- ``approx``: whether the row approximates G's window map (then its fidelity
-  to the exact G map is the point); exact rows get the same fidelity numbers,
-  which must be perfect.
+- ``approx``: whether the row approximates G's window map (a predictor, or an
+  approximate method: then its fidelity to the exact G map is the point); exact
+  rows get the same fidelity numbers, which must be perfect.
 
 The parent (:mod:`rlp.bench.cli`) writes a JSON spec and runs
 ``python -m rlp.bench.rows SPEC RESULT``; the child loads only this row's
@@ -48,6 +49,8 @@ import numpy as np
 from rlp.runtime.atomic import write_json
 from rlp.runtime.backends import BACKENDS, GPU_BACKENDS, Backend, CheckedModel
 from rlp.runtime.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
+from rlp.runtime.coarse import NAME as COARSE
+from rlp.runtime.coarse import CoarseToFine
 from rlp.runtime.heatmap import Bundle, model_geometry, score_windows, top_windows
 from rlp.runtime.manifest import Manifest, path_role, sha256_file
 from rlp.runtime.preprocess import preprocess_slice
@@ -56,7 +59,9 @@ from .cases import load_case
 
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
 ALL_BACKENDS = BACKENDS + TORCH_BACKENDS
-METHODS = ("plain", "incremental")  # incremental: exact, R models that read the whole slice
+#: incremental: exact, R models that read the whole slice; coarse-to-fine: approximate, paths scored window by window
+METHODS = ("plain", "incremental", COARSE)
+APPROXIMATE_METHODS = (COARSE,)
 WARMUP_BATCHES = 2
 
 
@@ -73,8 +78,8 @@ class Row:
 
     @property
     def approx(self) -> bool:
-        """Approximates G's window map (a predictor; later also coarse-to-fine, one-shot)."""
-        return path_role(self.path) == "r"
+        """Approximates G's window map (a predictor, or an approximate method such as coarse-to-fine)."""
+        return path_role(self.path) == "r" or self.method in APPROXIMATE_METHODS
 
     @property
     def name(self) -> str:
@@ -269,7 +274,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
         return backend.run(x.astype(backend.input_dtype, copy=False)).astype(np.float32, copy=False)
 
     dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
-    warm = score_windows if method == "plain" else bundle.incremental(path).score_windows
+    warm = bundle.incremental(path).score_windows if method == "incremental" else score_windows
     if dense:
         score_windows(prep.image, mgeom, boxes, predict, path=path, dense=True)
     else:
@@ -319,7 +324,8 @@ def measure(spec: dict) -> dict:
         timing_id = spec["timing_case"]["id"]
         image, spacing, _ = load_case(spec["timing_case"])
         latency, n, last = _timing(bundle, backend, path, image, spacing, spec["runs"],
-                                   spec.get("g_windows") if path == "g" else None, row["method"])
+                                   spec.get("g_windows") if path == "g" and row["method"] == "plain" else None,
+                                   row["method"])
         maps, quality = {}, []
         for j, case in enumerate(spec["quality_cases"]):
             if last is not None and case["id"] == timing_id:
@@ -330,13 +336,17 @@ def measure(spec: dict) -> dict:
                 if latency["extrapolated"] and case["id"] == timing_id:
                     latency["full_pass_s"] = res.timings["total_s"]
             maps.update({f"{k}_{j}": v for k, v in map_record(res).items()})
-            quality.append({"id": case["id"], "seconds": res.timings["total_s"], "windows": res.n_evaluated})
+            quality.append({"id": case["id"], "seconds": res.timings["total_s"], "windows": res.n_evaluated,
+                            "scored": res.approximate["scored"] if res.approximate else res.n_evaluated})
         np.savez(spec["maps"], **maps)
         out = {**_model_facts(backend), "backend_details": _plain(backend.describe()), "notes": list(backend.notes),
                "latency": latency, "windows": n, "windows_total": bundle.manifest.geometry.n_windows,
                "quality": quality, "rss": rss}
         if row["method"] == "incremental":
             out["incremental"] = bundle.incremental(path).describe()
+        if row["method"] == COARSE:
+            out["approximate"] = {**CoarseToFine().describe(), "scored": sum(q["scored"] for q in quality),
+                                  "windows": sum(q["windows"] for q in quality)}
         if torch_row and backend.device.type == "cuda":
             out["gpu_torch_max_allocated_bytes"] = int(backend._torch.cuda.max_memory_allocated())
     if gpu is not None:

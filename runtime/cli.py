@@ -18,6 +18,8 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .backends import BACKENDS, Backend
+from .coarse import NAME as COARSE
+from .coarse import CoarseToFine
 from .cliutil import OneLineParser, UsageError, int_at_least, run_main
 from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
@@ -61,6 +63,26 @@ def _heatmap_path(text: str) -> str:
     return text
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return v
+
+
+def _coarse(args) -> CoarseToFine | None:
+    """The coarse-to-fine settings (None for the other methods; the options must not be given then)."""
+    given = {k: v for k, v in (("factor", args.coarse_factor), ("refine", args.refine)) if v is not None}
+    if args.method != COARSE:
+        if given:
+            raise RlpError(f"--coarse-factor and --refine apply to --method {COARSE} only", code=EX_USAGE)
+        return None
+    return CoarseToFine(**given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
                 description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
@@ -76,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "g: G, exact and slow")
     p.add_argument("--method", choices=METHODS, default="plain",
                    help="plain (default): every window through the model; incremental: the same scores, recomputing "
-                        "only what each box changes (predictors that read the whole slice, on onnxruntime)")
+                        "only what each box changes (predictors that read the whole slice, on onnxruntime); "
+                        "coarse-to-fine: APPROXIMATE, a coarse lattice of windows, then exactly only the windows it "
+                        "finds high, the others estimated between them")
+    p.add_argument("--coarse-factor", type=int_at_least(2), default=None, metavar="N",
+                   help=f"coarse-to-fine: score every N-th window row and column first (default {CoarseToFine.factor})")
+    p.add_argument("--refine", type=_fraction, default=None, metavar="F",
+                   help=f"coarse-to-fine: then score exactly the fraction F of the other windows with the highest "
+                        f"estimates (default {CoarseToFine.refine})")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
                    help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -231,7 +260,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
     try:
         res = bundle.heatmap_nifti(inp, axis=args.axis, slice=args.slice, path=args.path,
                                    all_windows=args.all_windows, top_k=args.top_k, nonfinite=args.nonfinite,
-                                   progress=on_slice, method=args.method)
+                                   progress=on_slice, method=args.method, coarse=_coarse(args))
     finally:
         if task is not None:
             progress.remove_task(task)
@@ -283,8 +312,8 @@ def _run(args) -> int:
     bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
                          precision=args.precision)
     backend = bundle.backend(args.path)
-    if args.method != "plain":
-        bundle.incremental(args.path)  # a usage error for a model it cannot serve; a fallback note joins the backend's
+    _coarse(args)  # usage errors before any work
+    bundle.check_method(args.path, args.method)  # a usage error for a model it cannot serve; notes join the backend's
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

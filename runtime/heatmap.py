@@ -40,6 +40,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
+from .coarse import NAME as COARSE
+from .coarse import CoarseToFine, coarse_to_fine
 from .errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .geometry import WindowGeometry, iter_batches
 from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
@@ -54,7 +56,9 @@ DEFAULT_BATCH = 64
 DEFAULT_TOP_K = 5
 PATHS = ("r", "g")
 PRECISIONS = ("auto", "fp32", "fp16")
-METHODS = ("plain", "incremental")  # how windows are scored: every one through the model, or .incremental
+#: how windows are scored: every one through the model (plain), only what each box changes (.incremental, exact),
+#: or a coarse lattice and the windows it finds high (.coarse, approximate)
+METHODS = ("plain", "incremental", COARSE)
 NONFINITE = ("error", "zero")
 AXIS_NAMES = {v: k for k, v in AXES.items()}
 # How R's output maps to a window L1 loss (ModelEntry.target_transform).
@@ -165,6 +169,8 @@ class SliceHeatmap:
     warnings: list[str] = field(default_factory=list)
     empty: bool = False
     resampler: Resampler | None = None
+    #: an approximate method's settings and how many windows it scored exactly (None: every score is exact)
+    approximate: dict | None = None
 
     @property
     def max_score(self) -> float:
@@ -212,7 +218,9 @@ class VolumeHeatmap:
             "file_axis": file_axis,
             "slices": {"processed": len(self.slices), "total": int(v.data.shape[self.axis]),
                        "empty": sum(r.empty for r in self.results)},
-            "windows": {"evaluated": n_ev, "total": n_all},
+            "windows": {"evaluated": n_ev, "total": n_all,
+                        "scored_exactly": sum(r.approximate["scored"] if r.approximate else r.n_evaluated
+                                              for r in self.results)},
             "max_score": self.max_score,
             "top_windows": [w.to_dict() for w in self.top],
             "per_slice": [{"slice": s, "max_score": r.max_score, "windows_evaluated": r.n_evaluated,
@@ -347,15 +355,14 @@ class Bundle:
     # -- heatmaps
     def heatmap_slice(self, image: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), *, path: str = "r",
                       all_windows: bool = False, top_k: int = DEFAULT_TOP_K, mask: np.ndarray | None = None,
-                      nonfinite: str | None = None, source=None, method: str = "plain") -> SliceHeatmap:
+                      nonfinite: str | None = None, source=None, method: str = "plain",
+                      coarse: CoarseToFine | None = None) -> SliceHeatmap:
         """Heatmap of one 2D slice (any shape; ``spacing`` = voxel size in mm along its two axes).
 
         ``method="incremental"`` (a predictor that reads the whole slice) gives the same scores, recomputing
-        only what each box changes (:mod:`.incremental`)."""
-        if method not in METHODS:
-            raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
-        if method == "incremental":
-            self.incremental(path)  # a usage error now for a model it cannot serve, even for an empty slice
+        only what each box changes (:mod:`.incremental`). ``method="coarse-to-fine"`` is approximate: a
+        coarse lattice of windows, then the windows it finds high (:mod:`.coarse`; settings ``coarse``)."""
+        self.check_method(path, method)
         cfg = self.manifest.preprocessing
         if nonfinite is not None:
             if nonfinite not in NONFINITE:
@@ -363,10 +370,20 @@ class Bundle:
             cfg = dataclasses.replace(cfg, nonfinite=nonfinite)
         t0 = time.perf_counter()
         prep = preprocess_slice(image, cfg, tuple(spacing), mask, path=source)
-        return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0, method)
+        return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0, method, coarse)
+
+    def check_method(self, path: str, method: str) -> None:
+        """A usage error now, even for an empty slice, for a method the path's model cannot serve."""
+        if method not in METHODS:
+            raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
+        if method == "incremental":
+            self.incremental(path)
+        elif method == COARSE and self.backend(path).model.entry.input_kind == "dense":
+            raise RlpError(f"method {COARSE} needs a path scored window by window; path {path} is a dense "
+                           "predictor, which reads each slice once already", code=EX_USAGE)
 
     def _heatmap_prepared(self, prep: Prepared, path: str, all_windows: bool, top_k: int,
-                          t_pre: float, method: str = "plain") -> SliceHeatmap:
+                          t_pre: float, method: str = "plain", coarse: CoarseToFine | None = None) -> SliceHeatmap:
         geom = self.manifest.geometry
         backend = self.backend(path)
         warnings = []
@@ -375,6 +392,7 @@ class Bundle:
         t0 = time.perf_counter()
         model_s = 0.0
         wm = np.zeros(geom.grid_shape, dtype=np.float32)
+        approximate = None
         if prep.empty:
             ev = np.zeros(geom.grid_shape, dtype=bool)
             warnings.append("no brain tissue (or one value everywhere): heatmap is 0")
@@ -391,24 +409,32 @@ class Bundle:
                 return transform(y) if transform is not None else y
 
             bs = min(self.batch, backend.max_batch or self.batch)
-            run = score_windows if method == "plain" else self.incremental(path).score_windows
-            scores = run(prep.image, model_geometry(geom, entry), boxes, predict,
-                         path=path, batch=bs, dense=entry.input_kind == "dense")
+            run = self.incremental(path).score_windows if method == "incremental" else score_windows
+            mgeom, dense = model_geometry(geom, entry), entry.input_kind == "dense"
+            if method == COARSE:
+                settings = coarse or CoarseToFine()
+                full, scored = coarse_to_fine(ev, geom.positions, lambda m: run(
+                    prep.image, mgeom, geom.window_boxes()[m.ravel()], predict, path=path, batch=bs), settings)
+                wm[ev] = full[ev]
+                approximate = {**settings.describe(), "scored": int(scored.sum()), "evaluated": int(ev.sum())}
+            else:
+                wm[ev] = run(prep.image, mgeom, boxes, predict, path=path, batch=bs, dense=dense)
+                scored = ev
             model_s = float(sum(backend.latencies[n0:]))
-            wm[ev] = scores
         t1 = time.perf_counter()
         model_map = geom.pixel_map(wm, ev) if ev.any() else np.zeros((geom.size, geom.size), np.float32)
         pixel = prep.resampler.to_input(model_map).astype(np.float32)
-        top = top_windows(wm, ev, geom, prep.resampler, top_k)
+        top = top_windows(wm, scored if approximate else ev, geom, prep.resampler, top_k)  # never an estimate
         t2 = time.perf_counter()
         timings = {"preprocess_s": t_pre, "model_s": model_s, "windows_s": (t1 - t0) - model_s,
                    "postprocess_s": t2 - t1, "total_s": t_pre + (t2 - t0)}
         return SliceHeatmap(pixel, wm, ev, model_map, top, int(ev.sum()), geom.n_windows, timings, warnings,
-                            prep.empty, prep.resampler)
+                            prep.empty, prep.resampler, approximate)
 
     def heatmap_volume(self, volume: Volume, *, axis: str = "axial", slice: int | None = None, path: str = "r",
                        all_windows: bool = False, top_k: int = DEFAULT_TOP_K, nonfinite: str | None = None,
-                       progress: Callable[[int, int], None] | None = None, method: str = "plain") -> VolumeHeatmap:
+                       progress: Callable[[int, int], None] | None = None, method: str = "plain",
+                       coarse: CoarseToFine | None = None) -> VolumeHeatmap:
         """Heatmap of every slice along ``axis`` (or of the one with file index ``slice``).
 
         ``axis`` is anatomical (axial, coronal, sagittal: the slices are normal
@@ -451,7 +477,7 @@ class Bundle:
                 sl = np.where(np.isfinite(sl), sl, 0.0)
             spacing = tuple(z for j, z in enumerate(volume.zooms) if j != k)
             res = self.heatmap_slice(sl, spacing, path=path, all_windows=all_windows, top_k=top_k,
-                                     nonfinite="error", source=volume.path, method=method)
+                                     nonfinite="error", source=volume.path, method=method, coarse=coarse)
             index[k] = c
             heat[tuple(index)] = res.pixel_map
             for w in res.top:
@@ -460,6 +486,12 @@ class Bundle:
             results.append(res)
             if progress is not None:
                 progress(done, len(indices))
+        approx = [r.approximate for r in results if r.approximate]
+        if approx:
+            a = approx[0]
+            warnings.append(f"approximate heatmap ({a['method']}, factor {a['factor']}, refine {a['refine']:g}): "
+                            f"{sum(x['scored'] for x in approx)} of {sum(x['evaluated'] for x in approx)} windows "
+                            "scored exactly, the others estimated between them; top windows are scored ones")
         n_empty = sum(r.empty for r in results)
         if n_empty:
             what = "the slice holds" if len(results) == 1 else f"{n_empty} of {len(results)} slices hold"

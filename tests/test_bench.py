@@ -95,7 +95,9 @@ def test_every_row_has_latency_and_memory(bench):
     for r in bench["report"]["rows"]:
         assert r["status"] == "ok", r
         assert {"name", "path", "method", "backend", "model", "approx", "source"} <= set(r)
-        assert r["approx"] is (r["path"] == "r") and r["method"] == "plain"
+        # G on onnxruntime also runs the approximate coarse-to-fine method; every other row is plain
+        assert r["method"] == ("coarse-to-fine" if r["name"] == "G coarse-to-fine · ort-cpu" else "plain")
+        assert r["approx"] is (r["path"] == "r" or r["method"] == "coarse-to-fine")
         lat = r["latency"]
         assert lat["runs"] == 3 and len(lat["samples_s"]) == 3
         assert 0 < lat["min_s"] <= lat["median_s"] <= lat["p95_s"] <= lat["max_s"]
@@ -109,7 +111,7 @@ def test_every_row_has_latency_and_memory(bench):
 def test_g_latency_is_labelled_extrapolated_everywhere(bench):
     label = f"extrapolated from {G_WINDOWS} windows"
     for r in bench["report"]["rows"]:
-        if r["path"] == "g":
+        if r["path"] == "g" and r["method"] == "plain":
             assert r["latency"]["extrapolated"] is True and r["latency"]["extrapolated_from_windows"] == G_WINDOWS
             assert r["latency_label"] == label
         else:
@@ -128,7 +130,7 @@ def test_fidelity_of_r_rows_and_exact_g(bench):
             assert math.isfinite(fid["all"][key]), key
         assert fid["all"]["mae"] >= 0 and 0 <= fid["all"]["top5_iou"] <= 1
     # The exact G row ran in its own process; the reference was computed in the parent: they must agree.
-    (g,) = _rows(rep, path="g", backend="ort-cpu")
+    (g,) = _rows(rep, path="g", backend="ort-cpu", method="plain")
     for block in g["fidelity"].values():
         assert block["mae"] == pytest.approx(0, abs=1e-7)
         assert block["spearman"] == pytest.approx(1, abs=1e-9) and block["pearson"] == pytest.approx(1, abs=1e-9)
@@ -136,6 +138,13 @@ def test_fidelity_of_r_rows_and_exact_g(bench):
     # --quick: the G row off the reference backend makes no maps
     (gt,) = _rows(rep, path="g", backend="torch-cpu")
     assert gt["fidelity"] is None and gt["localisation"] is None
+    # the approximate G row: measured against the plain G row's maps, its top windows scored exactly
+    (gc,) = _rows(rep, path="g", backend="ort-cpu", method="coarse-to-fine")
+    a = gc["approximation"]
+    assert a["reference_row"] == "G · ort-cpu" and a["slices"] == 5 and 0 < a["scored_fraction"] < 1
+    assert -1 <= a["spearman"] <= 1 and 0 <= a["top5_iou"] <= 1 and 0 <= a["same_argmax"] <= 5
+    assert gc["approximate"]["factor"] == 2 and gc["fidelity"]["all"]["mae"] >= 0
+    assert "Approximate methods against the plain row" in (bench["out"] / "report.md").read_text()
     # R in torch and R in onnxruntime are the same model
     (ro,), (rt,) = _rows(rep, path="r", backend="ort-cpu"), _rows(rep, path="r", backend="torch-cpu")
     assert rt["fidelity"]["all"]["mae"] == pytest.approx(ro["fidelity"]["all"]["mae"], rel=1e-3, abs=1e-6)
