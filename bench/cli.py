@@ -34,6 +34,7 @@ from rlp.runtime.cliutil import OneLineParser, UsageError, comma_subset, int_at_
 from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
 from rlp.runtime.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
+from rlp.runtime.nifti import load_nifti
 from rlp.runtime.progress import progress
 
 from . import plots, report as rep
@@ -76,6 +77,7 @@ exit status: 0 every row ran; 70 a row failed (the report is still written); 2 u
 
 
 _positive, _count = int_at_least(1), int_at_least(0)
+VOLUME_LIMIT_S = 120
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=_count, metavar="N", help="held-out slices of --run for fidelity (default 4; --quick 0)")
     p.add_argument("--g-windows", type=_count, metavar="N",
                    help="time G on N windows and extrapolate (default: all windows; --quick 256; 0: never)")
+    p.add_argument("--volume", metavar="FILE", help="also time a whole NIfTI volume (every axial slice, as "
+                                                    "rlp-heatmap does) on each row expected to finish it within "
+                                                    "--volume-limit")
+    p.add_argument("--volume-limit", type=_positive, default=VOLUME_LIMIT_S, metavar="S",
+                   help=f"skip the volume on rows whose slice latency x slices exceeds S seconds (default "
+                        f"{VOLUME_LIMIT_S})")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic lesions (held-out fallback)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or table on stderr, only errors")
@@ -295,6 +303,12 @@ class Bench:
             run = Path(args.run)
             if not run.is_dir():
                 raise InputMissing("run folder not found", run)
+        volume = None
+        if args.volume:  # a clear error now for a missing or broken file, not one per row
+            vol = load_nifti(args.volume)
+            volume = {"file": str(Path(args.volume).resolve()), "axis": "axial", "slices": vol.slices("axial")[1],
+                      "limit_s": args.volume_limit}
+            del vol
         with tempfile.TemporaryDirectory(prefix="rlp-bench-") as tmp:
             workdir = Path(tmp)
             cases, source = self._cases(run, workdir)
@@ -311,7 +325,7 @@ class Bench:
                      f"{self.mode} mode, {self.runs} runs, {self.threads} threads")
             spec = {"bundle": str(bundle_dir), "run": None if run is None else str(run), "threads": self.threads,
                     "batch": args.batch, "runs": self.runs, "g_windows": self.g_windows, "timing_case": timing,
-                    "quality_cases": cases}
+                    "quality_cases": cases, "volume": volume}
             results = []
             with progress(args.quiet) as bar:
                 task = bar.add_task("exact G reference", total=len(cases))
@@ -408,7 +422,8 @@ class Bench:
             "settings": {"runs": self.runs, "threads": self.threads, "batch": self.args.batch,
                          "warmup": f"{WARMUP_BATCHES} batches of windows", "g_windows": self.g_windows,
                          "paths": list(self.paths(manifest)), "backends": list(self.args.backends or ["auto"]),
-                         "slices": len(lesion), "heldout": len(cases) - len(lesion), "seed": self.args.seed},
+                         "slices": len(lesion), "heldout": len(cases) - len(lesion), "seed": self.args.seed,
+                         "volume": self.args.volume, "volume_limit_s": self.args.volume_limit},
             "bundle": {"path": str(bundle_dir.resolve()), "manifest_sha256": sha256_file(bundle_dir / MANIFEST),
                        "geometry": geo.to_dict(), "windows_per_slice": geo.n_windows,
                        "models": {k: {"file": m.file, "bytes": m.size, "precision": m.precision,

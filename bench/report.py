@@ -50,6 +50,8 @@ A row::
     equality           exact methods other than plain (incremental): {reference_row (the plain row of the same
                        path and backend), slices, max_abs_diff (window maps), same_windows, tolerance, equal,
                        speedup_vs_reference} | null; incremental (those rows): what is recomputed per window
+    volume             with --volume: {file, slices, estimated_s, seconds, s_per_slice, windows, model_s} or
+                       {file, slices, estimated_s, skipped (why)} | null
     approximation      approximate methods (coarse-to-fine): {reference_row, slices, spearman, top5_iou, mae_rel
                        (means over slices against the plain row's maps), max_abs_diff, same_argmax (slices whose
                        top window is the plain row's), scored_fraction, speedup_vs_reference} | null;
@@ -281,6 +283,9 @@ def headline_lines(report: dict) -> list[str]:
               f"of windows scored exactly): {_f(a['speedup_vs_reference'], '.2f')}x faster than {a['reference_row']}; "
               f"against its map Spearman {_f(a['spearman'], '.3f')}, top-5% IoU {_f(a['top5_iou'], '.3f')}, same top "
               f"window on {a['same_argmax']}/{a['slices']} slices." for r in report["rows"] if (a := r.get("approximation"))]
+    exact += [f"{r['name']}: a whole volume of {v['slices']} slices in {_f(v['seconds'], '.1f')} s "
+              f"({_f(v['s_per_slice'], '.3f')} s per slice)." for r in report["rows"]
+              if (v := r.get("volume")) and "seconds" in v]
     s = report.get("summary")
     if not s:
         return ["No backend ran both R and G, so there is no R-vs-G headline."] + exact
@@ -350,6 +355,15 @@ def markdown(report: dict) -> str:
                           _f(a["spearman"], ".3f"), _f(a["top5_iou"], ".3f"), _f(100 * a["mae_rel"], ".2f"),
                           _f(a["max_abs_diff"]), f"{a['same_argmax']}/{a['slices']}", _f(a["speedup_vs_reference"], ".2f")]
                          for r in approx if (a := r["approximation"])]))
+    vols = [r for r in ok if r.get("volume")]
+    if vols:
+        v0 = vols[0]["volume"]
+        L += ["", f"Whole volume `{v0['file']}` ({v0['slices']} axial slices): one `heatmap_nifti` per row (load, "
+                  "every slice, back on the file's grid), measured once in the row's process:", ""]
+        L.append(_table(["row", "seconds", "s / slice", "windows", "model s"],
+                        [[r["name"], _f(v.get("seconds"), ".1f"), _f(v.get("s_per_slice"), ".3f"),
+                          str(v.get("windows", "–")), _f(v.get("model_s"), ".1f")] if "skipped" not in v else
+                         [r["name"], f"not run: {v['skipped']}", "–", "–", "–"] for r in vols if (v := r["volume"])]))
     L += ["", "## Memory", "",
           "Peak RSS of a process doing only that row (interpreter and libraries included; the baseline is the "
           "RSS after Python, numpy and rlp.runtime are imported, before onnxruntime or torch and the model).", ""]

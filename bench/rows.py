@@ -305,6 +305,22 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
     return latency, n, last
 
 
+def _volume(bundle: Bundle, path: str, method: str, volume: dict | None, slice_s: float) -> dict | None:
+    """One whole-volume heatmap (load, every slice, back on the file's grid), timed once; skipped when the
+    slice latency says it would take longer than the limit."""
+    if not volume:
+        return None
+    out = {"file": volume["file"], "slices": volume["slices"], "estimated_s": slice_s * volume["slices"]}
+    if out["estimated_s"] > volume["limit_s"]:
+        return {**out, "skipped": f"estimated {out['estimated_s']:.0f} s from the slice latency, over the "
+                                  f"{volume['limit_s']} s limit (--volume-limit)"}
+    t0 = time.perf_counter()
+    res = bundle.heatmap_nifti(volume["file"], axis=volume["axis"], path=path, method=method)
+    seconds = time.perf_counter() - t0
+    return {**out, "seconds": seconds, "s_per_slice": seconds / max(1, len(res.results)),
+            "windows": sum(r.n_evaluated for r in res.results), "model_s": res.timings["model_s"]}
+
+
 def measure(spec: dict) -> dict:
     """Everything one row measures (runs in the row's own process)."""
     row = spec["row"]
@@ -339,9 +355,10 @@ def measure(spec: dict) -> dict:
             quality.append({"id": case["id"], "seconds": res.timings["total_s"], "windows": res.n_evaluated,
                             "scored": res.approximate["scored"] if res.approximate else res.n_evaluated})
         np.savez(spec["maps"], **maps)
+        volume = _volume(bundle, path, row["method"], spec.get("volume"), latency["median_s"])
         out = {**_model_facts(backend), "backend_details": _plain(backend.describe()), "notes": list(backend.notes),
                "latency": latency, "windows": n, "windows_total": bundle.manifest.geometry.n_windows,
-               "quality": quality, "rss": rss}
+               "quality": quality, "volume": volume, "rss": rss}
         if row["method"] == "incremental":
             out["incremental"] = bundle.incremental(path).describe()
         if row["method"] == COARSE:

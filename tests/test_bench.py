@@ -27,6 +27,7 @@ from rlp.bench.report import SCHEMA, SCHEMA_VERSION, box_hits  # noqa: E402
 from rlp.runtime.errors import EX_CANTCREAT, EX_USAGE  # noqa: E402
 
 G_WINDOWS = 16
+VOLUME_SLICES = 4
 
 
 def _lesion_slices(run, folder, n_masked=2):
@@ -57,9 +58,11 @@ def bench(tiny_run, bundle, tmp_path_factory):
     base = tmp_path_factory.mktemp("bench")
     slices = _lesion_slices(tiny_run, base / "slices")
     out = base / "out"
+    with np.load(tiny_run / "heldout.npz") as z:  # a small volume: held-out slices stacked
+        volume = write_nifti(base / "volume.nii.gz", (z["images"][:VOLUME_SLICES] * 1000).astype(np.int16).transpose(1, 2, 0))
     args = ["--bundle", str(bundle), "--run", str(tiny_run), "--inputs", str(slices), "--out", str(out), "--quick",
             "--slices", "3", "--heldout", "2", "--g-windows", str(G_WINDOWS), "--threads", "1", "--batch", "16",
-            "--quiet"]
+            "--volume", str(volume), "--quiet"]
     rc = bench_cli.main(args)
     return {"rc": rc, "out": out, "args": args, "report": json.loads((out / "report.json").read_text())}
 
@@ -106,6 +109,25 @@ def test_every_row_has_latency_and_memory(bench):
         mem = r["memory"]
         assert mem["peak_rss_source"] == "VmHWM"
         assert mem["peak_rss_bytes"] >= mem["after_load_bytes"] >= mem["baseline_bytes"] > 0
+
+
+def test_every_row_times_the_whole_volume(bench):
+    for r in bench["report"]["rows"]:
+        v = r["volume"]
+        assert v["slices"] == VOLUME_SLICES and v["file"].endswith("volume.nii.gz") and "skipped" not in v, v
+        assert v["seconds"] > 0 and v["s_per_slice"] == pytest.approx(v["seconds"] / VOLUME_SLICES)
+        assert v["windows"] > 0 and 0 < v["model_s"] <= v["seconds"]
+    md = (bench["out"] / "report.md").read_text()
+    assert f"({VOLUME_SLICES} axial slices)" in md
+
+
+def test_a_volume_over_the_limit_is_skipped_with_the_estimate():
+    from rlp.bench.rows import _volume
+
+    spec = {"file": "/x/v.nii.gz", "axis": "axial", "slices": 192, "limit_s": 60}
+    v = _volume(None, "g", "plain", spec, 3.4)  # 653 s expected: never loaded
+    assert v["estimated_s"] == pytest.approx(652.8) and "over the 60 s limit" in v["skipped"] and "seconds" not in v
+    assert _volume(None, "r", "plain", None, 0.1) is None
 
 
 def test_g_latency_is_labelled_extrapolated_everywhere(bench):
