@@ -458,7 +458,7 @@ def _gather(src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, 
     ir, ic = rows - pr[win], cols - pc[win]
     inside = (ir >= 0) & (ir < ph) & (ic >= 0) & (ic < pw)
     idx = np.where(inside, h * w + (ir * n + win) * pw + ic, rows * w + cols)
-    return np.concatenate([src.reshape(-1, ch), patch.reshape(-1, ch)])[idx]
+    return np.take(np.concatenate([src.reshape(-1, ch), patch.reshape(-1, ch)]), idx, axis=0)  # take: faster
 
 
 class _Refused(Exception):
@@ -701,7 +701,7 @@ class IncrementalScorer:
         at[i, b, j] = np.arange(len(i))  # the computed outputs, in place over the kept map
         h, w, ch = base.shape
         idx = np.where(need, h * w + at, (rows + offset[0]).T[:, :, None] * w + (cols + offset[1])[None])
-        return np.concatenate([base.reshape(-1, ch), y])[idx]
+        return np.take(np.concatenate([base.reshape(-1, ch), y]), idx, axis=0)
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
