@@ -200,22 +200,20 @@ def add_equality(rows: list[dict], maps_of) -> None:
         if not mine or len(mine) != len(theirs):
             r[key] = None
             continue
+        diff = max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs))
+        common = {"reference_row": ref["name"], "slices": len(mine), "max_abs_diff": diff,
+                  "speedup_vs_reference": _ratio(ref["latency"]["median_s"], r["latency"]["median_s"])}
         if key == "approximation":
             per = [fidelity(a["window"], b["window"], b["evaluated"]) for a, b in zip(mine, theirs)]
-            r[key] = {"reference_row": ref["name"], "slices": len(per),
-                      **{k: float(np.mean([f[k] for f in per])) for k in ("spearman", "top5_iou", "mae_rel")},
-                      "max_abs_diff": max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs)),
+            done = r.get("approximate") or {}
+            r[key] = {**common, **{k: float(np.mean([f[k] for f in per])) for k in ("spearman", "top5_iou", "mae_rel")},
                       "same_argmax": sum(int(np.argmax(a["window"]) == np.argmax(b["window"]))
                                          for a, b in zip(mine, theirs)),
-                      "scored_fraction": _ratio((r.get("approximate") or {}).get("scored"),
-                                                (r.get("approximate") or {}).get("windows")),
-                      "speedup_vs_reference": _ratio(ref["latency"]["median_s"], r["latency"]["median_s"])}
-            continue
-        diff = max(float(np.abs(a["window"] - b["window"]).max()) for a, b in zip(mine, theirs))
-        same = all(np.array_equal(a["evaluated"], b["evaluated"]) for a, b in zip(mine, theirs))
-        r["equality"] = {"reference_row": ref["name"], "slices": len(mine), "max_abs_diff": diff,
-                         "same_windows": same, "tolerance": EXACT_TOLERANCE, "equal": same and diff <= EXACT_TOLERANCE,
-                         "speedup_vs_reference": _ratio(ref["latency"]["median_s"], r["latency"]["median_s"])}
+                      "scored_fraction": _ratio(done.get("scored"), done.get("windows"))}
+        else:
+            same = all(np.array_equal(a["evaluated"], b["evaluated"]) for a, b in zip(mine, theirs))
+            r[key] = {**common, "same_windows": same, "tolerance": EXACT_TOLERANCE,
+                      "equal": same and diff <= EXACT_TOLERANCE}
 
 
 def summary(rows: list[dict]) -> dict | None:

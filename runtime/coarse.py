@@ -58,10 +58,10 @@ def _weights(positions: np.ndarray, at: np.ndarray) -> np.ndarray:
     x = np.asarray(positions, np.float64)
     xa = x[at]
     w = np.zeros((len(x), len(at)))
-    k = np.clip(np.searchsorted(xa, x, side="right") - 1, 0, max(len(at) - 2, 0))
     if len(at) == 1:
         w[:, 0] = 1.0
         return w
+    k = np.clip(np.searchsorted(xa, x, side="right") - 1, 0, len(at) - 2)
     t = np.clip((x - xa[k]) / (xa[k + 1] - xa[k]), 0.0, 1.0)
     rows = np.arange(len(x))
     w[rows, k] = 1.0 - t

@@ -394,7 +394,7 @@ class Bundle:
         wm = np.zeros(geom.grid_shape, dtype=np.float32)
         approximate = None
         if prep.empty:
-            ev = np.zeros(geom.grid_shape, dtype=bool)
+            ev = scored = np.zeros(geom.grid_shape, dtype=bool)
             warnings.append("no brain tissue (or one value everywhere): heatmap is 0")
         else:
             ev = geom.evaluated(prep.brain, all_windows)
@@ -424,7 +424,7 @@ class Bundle:
         t1 = time.perf_counter()
         model_map = geom.pixel_map(wm, ev) if ev.any() else np.zeros((geom.size, geom.size), np.float32)
         pixel = prep.resampler.to_input(model_map).astype(np.float32)
-        top = top_windows(wm, scored if approximate else ev, geom, prep.resampler, top_k)  # never an estimate
+        top = top_windows(wm, scored, geom, prep.resampler, top_k)  # scored windows: never an estimate
         t2 = time.perf_counter()
         timings = {"preprocess_s": t_pre, "model_s": model_s, "windows_s": (t1 - t0) - model_s,
                    "postprocess_s": t2 - t1, "total_s": t_pre + (t2 - t0)}

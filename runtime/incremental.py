@@ -97,6 +97,8 @@ class Stage:
     pad_value: float = 0.0
     flops_per_output: float = 0.0  # of the local layer, per output element
     ceil_ok: bool = False  # an output size rounded up is allowed (MaxPool ceil_mode)
+    weight: np.ndarray | None = None  # a Conv's weights (a constant of the graph)
+    group: int = 1  # a Conv's groups
 
     @property
     def name(self) -> str:
@@ -166,6 +168,7 @@ def _local_stage(node, x: str, consts: dict) -> Stage | str:
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
     if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
         return f"auto_pad {auto}"
+    w = None  # a Conv's weights
     try:
         if op == "Conv":
             w = consts.get(node.input[1])
@@ -201,7 +204,7 @@ def _local_stage(node, x: str, consts: dict) -> Stage | str:
             return "padding that is not 2-D and non-negative"
         return Stage([node], x, node.output[0], op, kernel, _pair(a.get("strides"), (1, 1)),
                      _pair(a.get("dilations"), (1, 1)), tuple(int(p) for p in pads), auto, pad_value, flops,
-                     ceil_ok=op == "MaxPool" and bool(a.get("ceil_mode", 0)))
+                     ceil_ok=op == "MaxPool" and bool(a.get("ceil_mode", 0)), weight=w, group=int(a.get("group", 1)))
     except ValueError as exc:
         return f"{op}: {exc}"
 
@@ -374,7 +377,7 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
 
 def _gemm_ok(st: Stage) -> bool:
     """Can the stage's layer be recomputed as one matrix product over the changed outputs (an ungrouped Conv)?"""
-    return st.op == "Conv" and int(_attrs(st.nodes[0]).get("group", 1)) == 1
+    return st.op == "Conv" and st.group == 1
 
 
 def choose_split(plans: list[StagePlan], shapes: list[tuple[int, int, int]]) -> tuple[int, list[float]]:
@@ -416,15 +419,14 @@ def _submodel(src, nodes: list, inputs: list[tuple[str, list]], outputs: list[st
     return model
 
 
-def _pointwise(src, st: Stage, consts: dict):
+def _pointwise(src, st: Stage):
     """The stage with its convolution as a 1x1 convolution over gathered receptive fields (im2col).
 
     Input ``(1, 1, outputs, kh * kw * C)``, channels last, the receptive field
     of each output in (row, col, channel) order; the elementwise nodes after the
     layer are kept, so the output is the stage's, ``(1, 1, outputs, C_out)``.
     """
-    conv = st.nodes[0]
-    w = consts[conv.input[1]]
+    conv, w = st.nodes[0], st.weight
     name = f"{conv.input[1]}__im2col"
     w1 = numpy_helper.from_array(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1, 1, 1)), name)
     node = helper.make_node("Conv", [st.input, name, *conv.input[2:]], list(conv.output), name=conv.name,
@@ -446,6 +448,16 @@ def _rest_nodes(graph, split: str) -> list | None:
 
 
 # --------------------------------------------------------------------------- scoring
+def _pick(first: np.ndarray, second: np.ndarray, in_second: np.ndarray, at_second: np.ndarray,
+          at_first: np.ndarray) -> np.ndarray:
+    """Pixels of ``first`` (rows, cols, channels) at flat indices ``at_first``, or of ``second`` (any shape,
+    channels last) at flat indices ``at_second`` where ``in_second``: one copy of whole pixels (np.take, faster
+    than fancy indexing here)."""
+    h, w, ch = first.shape
+    flat = np.concatenate([first.reshape(-1, ch), second.reshape(-1, ch)])
+    return np.take(flat, np.where(in_second, h * w + at_second, at_first), axis=0)
+
+
 def _gather(src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, rows: np.ndarray,
             cols: np.ndarray, win: np.ndarray) -> np.ndarray:
     """Pixels ``(rows, cols)`` of window ``win``'s map: ``src`` (rows, cols, channels) with the window's
@@ -454,11 +466,10 @@ def _gather(src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, 
     The index arrays broadcast together; the result has their shape plus the channels. One copy of whole
     pixels, whichever map each comes from.
     """
-    (h, w, ch), (ph, n, pw) = src.shape, patch.shape[:3]
+    (ph, n, pw), w = patch.shape[:3], src.shape[1]
     ir, ic = rows - pr[win], cols - pc[win]
     inside = (ir >= 0) & (ir < ph) & (ic >= 0) & (ic < pw)
-    idx = np.where(inside, h * w + (ir * n + win) * pw + ic, rows * w + cols)
-    return np.take(np.concatenate([src.reshape(-1, ch), patch.reshape(-1, ch)]), idx, axis=0)  # take: faster
+    return _pick(src, patch, inside, (ir * n + win) * pw + ic, rows * w + cols)
 
 
 class _Refused(Exception):
@@ -562,10 +573,9 @@ class IncrementalScorer:
         last = self.plan[-1]
         self._cache = session(_submodel(model, [n for p in self.plan for n in p.stage.nodes], [(x0, [1, 1, s, s])],
                                         [p.stage.output for p in self.plan], out_perm=TO_NHWC))
-        consts = _constants(model.graph)
         for p in self.plan:  # a Pad alone needs no session: its crop is its recomputed region
             if p.gemm:
-                self._stages.append(session(_pointwise(model, p.stage, consts)))
+                self._stages.append(session(_pointwise(model, p.stage)))
                 continue
             nodes = p.stage.crop_nodes()
             crop_in = [(p.stage.crop_input, [1, p.crop[0], "crops_x_width", p.in_shape[0]])]
@@ -699,9 +709,7 @@ class IncrementalScorer:
             np.empty((0, base.shape[2]), base.dtype)
         at = np.zeros(need.shape, np.int64)
         at[i, b, j] = np.arange(len(i))  # the computed outputs, in place over the kept map
-        h, w, ch = base.shape
-        idx = np.where(need, h * w + at, (rows + offset[0]).T[:, :, None] * w + (cols + offset[1])[None])
-        return np.take(np.concatenate([base.reshape(-1, ch), y]), idx, axis=0)
+        return _pick(base, y, need, at, (rows + offset[0]).T[:, :, None] * base.shape[1] + (cols + offset[1])[None])
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
