@@ -22,6 +22,9 @@ import numpy as np
 from .errors import BadInput
 
 
+PAINT = ("box", "tissue")
+
+
 def window_positions(size: int, window: int, stride: int) -> np.ndarray:
     """Top-left offsets along one axis: 0, s, 2s, ... and always ``size - window``."""
     if not (0 < window <= size) or stride <= 0:
@@ -41,6 +44,10 @@ class WindowGeometry:
     context: int | None = None
     # A window is evaluated when at least this fraction of its pixels is brain.
     min_tissue: float = 0.0
+    # What of the box is painted with ``fill``: every pixel ("box", the paper) or only its tissue
+    # pixels ("tissue": those above 0, the brain_mask rule; background inside the box stays 0, so
+    # the model is told where the brain's outline runs instead of guessing it).
+    paint: str = "box"
 
     def __post_init__(self):
         if self.size <= 0 or not (0 < self.window <= self.size) or self.stride <= 0:
@@ -50,6 +57,8 @@ class WindowGeometry:
                 raise ValueError("context must be >= window and differ from it by an even number")
         if not (0.0 <= self.min_tissue <= 1.0):
             raise ValueError("min_tissue must lie in [0, 1]")
+        if self.paint not in PAINT:
+            raise ValueError(f"paint must be one of {', '.join(PAINT)}, got {self.paint!r}")
 
     # ---------------------------------------------------------------- layout
     @property
@@ -158,8 +167,14 @@ class WindowGeometry:
             w = self.window
             for k, (r, c) in enumerate(boxes):
                 br, bc = self.box_in_input(r, c)
-                out[k, 0, br : br + w, bc : bc + w] = self.fill
+                box = out[k, 0, br : br + w, bc : bc + w]
+                box[self.paint_mask(box)] = self.fill
         return out
+
+    def paint_mask(self, box):
+        """Which of the box's pixels (numpy or torch, any shape) are painted with ``fill``: all of
+        them, or (paint "tissue") those above 0."""
+        return (box > 0) | (self.paint == "box")
 
     def box_l1(self, recon: np.ndarray, target: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Mean absolute error inside the box for each of N reconstructions."""
@@ -200,7 +215,7 @@ class WindowGeometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WindowGeometry":
-        keys = {"size", "window", "stride", "fill", "context", "min_tissue"}
+        keys = {"size", "window", "stride", "fill", "context", "min_tissue", "paint"}
         return cls(**{k: d[k] for k in keys if k in d})
 
     def scaled(self, size: int) -> "WindowGeometry":
@@ -209,7 +224,8 @@ class WindowGeometry:
         ctx = None if self.context is None else int(round(self.context * f))
         if ctx is not None and (ctx - int(round(self.window * f))) % 2:
             ctx += 1
-        return WindowGeometry(size, max(1, int(round(self.window * f))), max(1, int(round(self.stride * f))), self.fill, ctx, self.min_tissue)
+        return WindowGeometry(size, max(1, int(round(self.window * f))), max(1, int(round(self.stride * f))), self.fill, ctx, self.min_tissue,
+                              self.paint)
 
 
 def _check_square(a: np.ndarray, size: int, what: str) -> np.ndarray:

@@ -649,12 +649,15 @@ class IncrementalScorer:
         pos, w = self.geometry.positions, self.geometry.window
         if not np.isin(boxes, pos).all():
             raise ValueError("incremental scoring is planned for the geometry's window positions only")
+        image = np.asarray(image, dtype=self.dtype)
         kept = self.kept(image)
         out = np.empty(len(boxes), dtype=np.float64)
         for sl in iter_batches(len(boxes), max(1, int(batch or self.batch))):
             r, c = boxes[sl, 0], boxes[sl, 1]
             n = len(r)
-            patch = np.full((w, n, w, 1), self.geometry.fill, self.dtype)
+            under = image[(r[:, None] + np.arange(w))[:, :, None], (c[:, None] + np.arange(w))[:, None, :]]
+            patch = np.where(self.geometry.paint_mask(under), self.geometry.fill, under).astype(self.dtype)
+            patch = patch.transpose(1, 0, 2)[..., None]  # the painted box, (rows, windows, cols, 1)
             changed = [(r, r + w - 1), (c, c + w - 1)]  # what really differs from the kept maps, inclusive
             win = np.arange(n)
             for i, (p, sess, src) in enumerate(zip(self.plan, self._stages, kept)):

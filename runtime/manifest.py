@@ -195,7 +195,8 @@ _ENGINE = {"model": str, "file": str, "sha256": str, "size": int, "precision": s
            "compute_capability": str, "min_batch": int, "opt_batch": int, "max_batch": int}
 _PREPROCESSING = {"size": int, "percentile": _NUM, "nonfinite": str, "interpolation_order": int, "antialias": bool,
                   "min_brain_pixels": int}
-_GEOMETRY = {"size": int, "window": int, "stride": int, "context": (int, type(None)), "fill": _NUM, "min_tissue": _NUM}
+_GEOMETRY = {"size": int, "window": int, "stride": int, "context": (int, type(None)), "fill": _NUM, "min_tissue": _NUM,
+             "paint": str}
 
 
 def _typed(value, kinds) -> bool:

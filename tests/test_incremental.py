@@ -156,6 +156,22 @@ def test_tiny_graphs_equal_plain_scoring_at_every_split(kind):
     assert conv.region[0] < conv.out_shape[1]  # really incremental: a part of the map is recomputed
 
 
+def test_tissue_paint_equals_plain_scoring_at_every_split():
+    """Painting only the box's tissue pixels (background inside the box stays 0) is still exact."""
+    build, n_stages, _ = NETS["strided"]
+    geom = WindowGeometry(size=GEOM.size, window=GEOM.window, stride=GEOM.stride, fill=-1.0, paint="tissue")
+    model = build().model()
+    image, boxes = _image(geom.size), geom.window_boxes()
+    plain = _plain(model, image, geom, boxes)
+    box_painted = _plain(model, image, GEOM, boxes)
+    assert not np.allclose(plain, box_painted)  # the painting matters to these windows
+    for split in [None, *range(1, n_stages + 1)]:
+        for conv in (None, "gemm", "crops"):
+            scorer = IncrementalScorer.from_model(model, geom, split=split, threads=1, conv=conv)
+            got = scorer.score_windows(image, geom, boxes, None, batch=13)
+            np.testing.assert_allclose(got, plain, rtol=0, atol=TOL, err_msg=f"split {split}, conv {conv}")
+
+
 def test_unsupported_first_layer_is_scored_plainly_with_a_note():
     n = Net(seed=4)
     n.inits.append(numpy_helper.from_array(n.rng.normal(0, 0.3, (1, 2, 3, 3)).astype(np.float32), "wt"))

@@ -62,6 +62,29 @@ def test_bad_geometry_is_rejected(kw):
 def test_geometry_round_trips_through_its_dict():
     g = WindowGeometry(128, 8, 2, fill=0.5, context=48, min_tissue=0.1)
     assert WindowGeometry.from_dict(g.to_dict()) == g
+    t = WindowGeometry(128, 8, 2, fill=-1.0, context=48, paint="tissue")
+    assert WindowGeometry.from_dict(t.to_dict()) == t and t.scaled(256).paint == "tissue"
+    old = {k: v for k, v in g.to_dict().items() if k != "paint"}  # a manifest from before the paint setting
+    assert WindowGeometry.from_dict(old).paint == "box"
+    with pytest.raises(ValueError, match="paint"):
+        WindowGeometry(128, 8, 2, paint="brain")
+
+
+@pytest.mark.parametrize("context", [None, 12])
+def test_tissue_paint_fills_only_the_box_pixels_above_zero(context):
+    g = WindowGeometry(32, 8, 4, fill=-1.0, context=context, paint="tissue")
+    img = np.random.default_rng(0).uniform(0.1, 1, (32, 32)).astype(np.float32)
+    img[:, :13] = 0.0  # background left of column 13
+    boxes = np.array([[8, 8], [8, 20], [0, 0]])  # across the outline, inside the brain, all background
+    x, orig = g.crops(g.pad(img), boxes), g.crops(g.pad(img), boxes, inpaint=False)
+    for k, (r, c) in enumerate(boxes):
+        br, bc = g.box_in_input(r, c)
+        box, under = x[k, 0, br:br + 8, bc:bc + 8], orig[k, 0, br:br + 8, bc:bc + 8]
+        assert np.array_equal(box, np.where(under > 0, np.float32(-1.0), under))
+        rest = np.ones(x.shape[2:], bool)
+        rest[br:br + 8, bc:bc + 8] = False
+        assert np.array_equal(x[k, 0][rest], orig[k, 0][rest])
+    assert (x[0] == -1).sum() == 8 * 3 and (x[1] == -1).sum() == 64 and (x[2] == -1).sum() == 0
 
 
 # --------------------------------------------------------------------------- maps

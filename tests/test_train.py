@@ -42,13 +42,15 @@ def test_a_few_steps_lower_the_inpainting_loss(mni_tiny):
     assert float(box_l1().detach()) < 0.5 * first
 
 
-def test_crops_match_the_runtime_contract(mni_tiny):
-    """Training's torch crops equal the runtime's numpy crops (no train/deploy drift)."""
+@pytest.mark.parametrize("paint", [{}, {"fill": -1.0, "paint": "tissue"}])
+def test_crops_match_the_runtime_contract(mni_tiny, paint):
+    """Training's torch crops equal the runtime's numpy crops (no train/deploy drift), however the box is painted."""
     d = SliceData(mni_tiny)
-    geom = make_geometry(resolve("tiny", None, {}), d.size)
+    geom = make_geometry(resolve("tiny", None, {"geometry": paint}), d.size)
     img = d.images[d.indices("val")[0]]
-    boxes = geom.window_boxes()[[0, 5, -1]]
-    inp, orig, _ = crops_and_inpaint(torch.from_numpy(np.stack([img] * 3)).unsqueeze(1), torch.from_numpy(boxes), geom)
+    ev = geom.tissue_fraction(d.brains[d.indices("val")[0]]).ravel()
+    boxes = geom.window_boxes()[[0, 5, int(np.flatnonzero((ev > 0) & (ev < 1))[0]), -1]]  # one across the outline
+    inp, orig, _ = crops_and_inpaint(torch.from_numpy(np.stack([img] * len(boxes))).unsqueeze(1), torch.from_numpy(boxes), geom)
     padded = geom.pad(img)
     np.testing.assert_array_equal(inp.numpy(), geom.crops(padded, boxes, inpaint=True))
     np.testing.assert_array_equal(orig.numpy(), geom.crops(padded, boxes, inpaint=False))

@@ -115,5 +115,5 @@ def crops_and_inpaint(images: torch.Tensor, boxes: torch.Tensor, geom: WindowGeo
         orig[i] = padded[i, :, r : r + c, col : col + c] if m else padded[i]
         br, bc = geom.box_in_input(r, col)
         mask[i, :, br : br + w, bc : bc + w] = 1
-    inp = torch.where(mask > 0, torch.full_like(orig, geom.fill), orig)
+    inp = torch.where((mask > 0) & geom.paint_mask(orig), torch.full_like(orig, geom.fill), orig)
     return inp, orig, mask

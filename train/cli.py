@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from rlp.runtime.cliutil import exit_with
+from rlp.runtime.geometry import PAINT
 from rlp.runtime.progress import stderr_console
 
 from .config import PREDICTORS
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--window", type=int)
         t.add_argument("--stride", type=int)
         t.add_argument("--context", help="context crop side, or 'full' for the whole slice (paper)")
+        t.add_argument("--fill", type=float, help="value painted over the box (the paper: 1.0)")
+        t.add_argument("--paint", choices=list(PAINT),
+                       help="paint the whole box (box, the paper) or only its tissue pixels (tissue)")
         t.add_argument("--no-augment", action="store_true")
         t.add_argument("--box-sampling", choices=["brain", "middle-third", "uniform"])
         t.add_argument("--gan-steps", type=int)
@@ -81,6 +85,7 @@ def _overrides(a) -> dict:
     for key, dest in (("seed", ("run", "seed")), ("deterministic", ("run", "deterministic")), ("device", ("run", "device")),
                       ("threads", ("run", "threads")), ("max_minutes", ("run", "max_minutes")),
                       ("window", ("geometry", "window")), ("stride", ("geometry", "stride")),
+                      ("fill", ("geometry", "fill")), ("paint", ("geometry", "paint")),
                       ("gan_steps", ("gan", "steps")), ("gan_batch", ("gan", "batch")), ("width", ("gan", "width")),
                       ("depth", ("gan", "depth")), ("adv", ("gan", "adv")), ("predictor", ("predictor", "kind")),
                       ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch")),

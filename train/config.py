@@ -18,7 +18,7 @@ from rlp.runtime.errors import BadInput, InputMissing
 
 DEFAULTS: dict = {
     "run": {"seed": 0, "deterministic": False, "threads": 0, "max_minutes": 0.0, "device": "auto"},
-    "geometry": {"reference_size": 256, "window": 16, "stride": 4, "context": 96, "min_tissue": 0.0, "fill": 1.0},
+    "geometry": {"reference_size": 256, "window": 16, "stride": 4, "context": 96, "min_tissue": 0.0, "fill": 1.0, "paint": "box"},
     "augment": {"enabled": True},
     "gan": {
         "steps": 2000, "batch": 16, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5,

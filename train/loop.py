@@ -47,7 +47,7 @@ def make_geometry(cfg: dict, size: int) -> WindowGeometry:
     ctx = None if ctx in (None, "full", 0) else int(ctx)
     ref = int(g.get("reference_size", size))
     geom = WindowGeometry(size=ref, window=int(g["window"]), stride=int(g["stride"]), fill=float(g.get("fill", 1.0)),
-                          context=ctx, min_tissue=float(g.get("min_tissue", 0.0)))
+                          context=ctx, min_tissue=float(g.get("min_tissue", 0.0)), paint=str(g.get("paint", "box")))
     return geom if ref == size else geom.scaled(size)
 
 
