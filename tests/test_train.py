@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from conftest import run_cli  # noqa: E402
 from rlp.runtime.errors import RlpError  # noqa: E402
 from rlp.train import models  # noqa: E402
-from rlp.train.augment import crops_and_inpaint  # noqa: E402
+from rlp.train.augment import AugmentConfig, corrupt_context, crops_and_inpaint  # noqa: E402
 from rlp.train.checkpoint import load_checkpoint  # noqa: E402
 from rlp.train.config import resolve  # noqa: E402
 from rlp.train.data import SliceData  # noqa: E402
@@ -54,6 +54,23 @@ def test_crops_match_the_runtime_contract(mni_tiny, paint):
     padded = geom.pad(img)
     np.testing.assert_array_equal(inp.numpy(), geom.crops(padded, boxes, inpaint=True))
     np.testing.assert_array_equal(orig.numpy(), geom.crops(padded, boxes, inpaint=False))
+
+
+def test_context_noise_corrupts_tissue_only_and_only_when_asked():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.zeros(8, 1, 32, 32)
+    imgs[:, :, 8:24, 8:24] = torch.rand(8, 1, 16, 16, generator=g) * 0.8 + 0.1
+    brains = (imgs > 0).float()
+    assert corrupt_context(imgs, brains, AugmentConfig(), g) is imgs  # off by default
+    assert corrupt_context(imgs, brains, AugmentConfig(enabled=False, context_noise=0.3), g) is imgs
+    out = corrupt_context(imgs, brains, AugmentConfig(context_noise=0.3, context_noise_p=1.0), g)
+    assert torch.equal(out[brains == 0], imgs[brains == 0])  # background stays 0
+    tissue = out[brains > 0]
+    assert (tissue > 0).all() and (tissue <= 1).all()  # still tissue by the paint rule, still in range
+    assert ((out - imgs).abs().flatten(1).amax(1) > 1e-3).float().mean() > 0.5  # most slices really changed
+    some = corrupt_context(imgs, brains, AugmentConfig(context_noise=0.3, context_noise_p=0.5), torch.Generator().manual_seed(1))
+    changed = (some != imgs).flatten(1).any(1)
+    assert 0 < changed.sum() < len(imgs)  # a share of the slices
 
 
 def test_tiny_run_writes_the_run_folder(tiny_run):

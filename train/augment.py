@@ -30,6 +30,12 @@ class AugmentConfig:
     gain: float = 0.1
     bias: float = 0.2
     noise: float = 0.02
+    # G's input only (denoising inpainting): smooth noise over the tissue of a share of the
+    # slices, while G's targets stay clean, so that G restores healthy tissue from a context
+    # that is not healthy instead of continuing whatever surrounds the box.
+    context_noise: float = 0.0  # largest standard deviation of the noise (0: off)
+    context_noise_p: float = 0.5  # share of slices that get it
+    context_noise_grid: int = 16  # the noise is drawn on this grid and upsampled to the slice
 
 
 def _smooth_field(n: int, grid: int, size: int, channels: int, gen: torch.Generator | None) -> torch.Tensor:
@@ -66,6 +72,19 @@ def augment(images: torch.Tensor, brains: torch.Tensor, cfg: AugmentConfig, gen:
         img = img + torch.randn(img.shape, generator=gen) * sigma
     img = img.clamp(0, 1) * brn
     return img, brn
+
+
+def corrupt_context(images: torch.Tensor, brains: torch.Tensor, cfg: AugmentConfig,
+                    gen: torch.Generator | None = None) -> torch.Tensor:
+    """G's input slices (N,1,S,S): a share of them with smooth noise over their tissue
+    (background stays 0, tissue stays above 0); the others unchanged."""
+    if not cfg.enabled or cfg.context_noise <= 0:
+        return images
+    n, _, s, _ = images.shape
+    amp = torch.rand(n, generator=gen) * cfg.context_noise * (torch.rand(n, generator=gen) < cfg.context_noise_p)
+    coarse = torch.randn(n, 1, cfg.context_noise_grid, cfg.context_noise_grid, generator=gen)
+    field = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False) * amp.view(n, 1, 1, 1)
+    return torch.where(brains > 0, (images + field).clamp(1e-3, 1), images)
 
 
 def sample_boxes(brains: torch.Tensor, geom: WindowGeometry, mode: str, gen: torch.Generator | None = None) -> torch.Tensor:

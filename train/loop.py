@@ -27,7 +27,7 @@ from rlp.runtime.geometry import WindowGeometry
 from rlp.runtime.progress import progress
 
 from . import models
-from .augment import AugmentConfig, augment, crops_and_inpaint, sample_boxes
+from .augment import AugmentConfig, augment, corrupt_context, crops_and_inpaint, sample_boxes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import resume_hash
 from .data import SliceData
@@ -351,6 +351,8 @@ class _Trainer:
         imgs, brains = augment(imgs, brains, aug, self.gen)
         boxes = sample_boxes(brains, self.geom, self.sec["box_sampling"], self.gen)
         inp, orig, mask = crops_and_inpaint(imgs, boxes, self.geom)
+        if self.stage == "gan" and aug.context_noise > 0:  # G reads a corrupted context, its targets stay clean
+            inp = crops_and_inpaint(corrupt_context(imgs, brains, aug, self.gen), boxes, self.geom)[0]
         r_inp = inp if self.r_geom == self.geom else crops_and_inpaint(imgs, boxes, self.r_geom)[0]
         return inp.to(self.device), orig.to(self.device), mask.to(self.device), r_inp.to(self.device)
 
