@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import run_cli  # noqa: E402
 from rlp.export.cli import main as export_main  # noqa: E402
-from rlp.runtime.errors import EX_DATAERR, EX_USAGE  # noqa: E402
+from rlp.runtime.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.geometry import WindowGeometry  # noqa: E402
 from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
 from rlp.runtime.manifest import load_bundle_manifest  # noqa: E402
@@ -198,3 +198,26 @@ def test_heatmap_cli_runs_a_variant_and_names_missing_ones(dense_bundle, dense_r
     bad = run_cli(["-m", "rlp.runtime.cli", str(f), "--bundle", str(dense_bundle), "--path", "R_x"])
     assert bad.returncode == EX_USAGE and "not a heatmap path" in bad.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_corrupted_target_copies_change_the_targets_and_their_provenance(dense_run, mni_tiny):
+    """predictor.target_corrupt: a share of the augmented copies get smooth noise over their tissue before G scores
+    them, so that a dense predictor also learns G's response to abnormal tissue; the cache records it."""
+    over = {"augment": {"context_noise": 0.3}, "predictor": {"kind": "dense", "variant": "noisy", "n_context": 2,
+                                                             "steps": 2, "target_copies": 2, "target_fraction": 0.5}}
+    plain = train_predictor(resolve("tiny", None, over), str(mni_tiny), dense_run, quiet=True)
+    with np.load(dense_run / CACHE, allow_pickle=False) as z:
+        clean_imgs, prov = z["train_images"], json.loads(str(z["provenance"]))
+    assert "corrupt" not in prov and np.isfinite(plain["val_mae"])
+    over["predictor"].update(target_corrupt=1.0, variant="noisy2")
+    train_predictor(resolve("tiny", None, over), str(mni_tiny), dense_run, quiet=True)
+    with np.load(dense_run / CACHE, allow_pickle=False) as z:
+        imgs, prov = z["train_images"], json.loads(str(z["provenance"]))
+    assert prov["corrupt"] == 1.0
+    n = len(imgs) // 2
+    np.testing.assert_array_equal(imgs[:n], clean_imgs[:n])  # the original slices stay as they are
+    assert not np.array_equal(imgs[n:], clean_imgs[n:])  # the augmented copies are corrupted
+    assert (imgs[n:][clean_imgs[n:] > 0] > 0).all() and imgs.max() <= 1  # tissue stays tissue, in range
+    bad = {"predictor": {**over["predictor"], "target_corrupt": 0.5}}  # no context_noise to corrupt with
+    with pytest.raises(BadInput, match="target_corrupt"):
+        train_predictor(resolve("tiny", None, bad), str(mni_tiny), dense_run, quiet=True)

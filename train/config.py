@@ -33,6 +33,8 @@ DEFAULTS: dict = {
         # dense predictor: G's maps on the training slices and this many augmented copies of each,
         # on this share of their windows; loss = L1 / mean + rank_weight * (1 - Pearson per slice)
         "variant": "", "n_context": 3, "target_copies": 3, "target_fraction": 0.25, "rank_weight": 0.5,
+        # share of the augmented copies whose tissue is corrupted (augment.context_noise) before G scores them
+        "target_corrupt": 0.0,
     },
 }
 

@@ -15,6 +15,7 @@ every evaluated window.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from rlp.runtime.geometry import WindowGeometry
 from rlp.runtime.manifest import sha256_file
 from rlp.runtime.progress import progress
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, corrupt_context
 
 CACHE = "predictor_targets.npz"
 FORMAT = 1
@@ -74,10 +75,17 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
     windows scored on each training copy).
     """
     copies, fraction = int(sec["target_copies"]), float(sec["target_fraction"])
+    corrupt = float(sec.get("target_corrupt", 0.0))
     if copies < 1 or not 0 < fraction <= 1:
         raise BadInput("predictor.target_copies must be >= 1 and predictor.target_fraction in (0, 1]")
+    cfg = AugmentConfig(**aug)
+    if not 0 <= corrupt <= 1 or (corrupt > 0 and (cfg.context_noise <= 0 or copies < 2)):
+        raise BadInput("predictor.target_corrupt must lie in [0, 1] and, above 0, needs augment.context_noise > 0 "
+                       "and target_copies >= 2 (it corrupts a share of the augmented copies)")
     prov = {"format": FORMAT, "g_checkpoint_sha256": sha256_file(g_checkpoint), "data_sha256": data_sha256,
             "geometry": geom.to_dict(), "copies": copies, "fraction": fraction, "augment": aug, "seed": seed}
+    if corrupt > 0:
+        prov["corrupt"] = corrupt
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -95,10 +103,11 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
     rng = np.random.default_rng(seed)
     imgs = [data.images[tr]]
     brains = [data.brains[tr]]
-    cfg = AugmentConfig(**aug)
     for _ in range(copies - 1):
         a, b = augment(torch.from_numpy(data.images[tr]).unsqueeze(1), torch.from_numpy(data.brains[tr]).unsqueeze(1).float(),
                        cfg, gen)
+        if corrupt > 0:  # abnormal tissue too, and G's response to it: what R must predict on a lesion slice
+            a = corrupt_context(a, b, replace(cfg, context_noise_p=corrupt), gen)
         imgs.append(a[:, 0].numpy())
         brains.append(b[:, 0].numpy() > 0.5)
     train_images = np.concatenate(imgs).astype(np.float32)
