@@ -294,10 +294,14 @@ def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path):
     b = make_bundle(tmp_path / "b", size=64, window=8, stride=2)
     f = write_nifti(tmp_path / "big.nii.gz", phantom((64, 64, 200)))
     out = tmp_path / "o"
-    # every window of 200 slices, one per model call: minutes of work, so the signal lands mid-run
+    # every window of 200 slices, one per model call: minutes of work, so the signal lands mid-run.
+    # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test run as a background
+    # job (`pytest &`, nohup) hands its children SIGINT ignored, and Python then installs no handler for
+    # it, rightly: so the child gets the default back, as from an interactive shell.
     proc = subprocess.Popen([sys.executable, "-m", "rlp.runtime.cli", str(f), "--bundle", str(b), "--out", str(out),
                              "--batch", "1", "--threads", "1", "--all-windows", "--path", "g", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not out.exists() and time.time() < deadline and proc.poll() is None:  # appears once the bundle is loaded
         time.sleep(0.05)
