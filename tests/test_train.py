@@ -206,3 +206,18 @@ def test_predictor_does_not_collapse_to_a_constant(tiny_run):
         pred = r(inp).flatten()
     assert 0.2 * m["val_target_mean"] < float(pred.mean()) < 5 * m["val_target_mean"]
     assert m["val_mae_rel"] < 0.9  # a collapsed head gives 1.0 (it predicts 0)
+
+
+def test_geometry_and_target_flags_reach_the_config():
+    from rlp.train.cli import _overrides, _parser
+
+    a = _parser().parse_args(["predictor", "--data", "x.h5", "--run", "r", "--fill", "-1", "--paint", "tissue",
+                              "--target-corrupt", "0.5"])
+    o = _overrides(a)
+    assert o["geometry"] == {"fill": -1.0, "paint": "tissue"} and o["predictor"]["target_corrupt"] == 0.5
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["gan", "--data", "x.h5", "--run", "r", "--paint", "everything"])
+    cfg = resolve("demo", None, {})
+    assert cfg["geometry"]["paint"] == "tissue" and cfg["geometry"]["fill"] == -1.0
+    assert cfg["augment"]["context_noise"] > 0 and cfg["predictor"]["target_corrupt"] > 0
+    assert resolve("paper", None, {})["geometry"]["paint"] == "box"  # the paper's box stays reachable

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--r-width", type=int, help="R width")
         t.add_argument("--r-lr", type=float, help="R learning rate")
         t.add_argument("--target", choices=["window", "image"], help="R's target: window-region loss (default) or whole-image loss (paper)")
+        t.add_argument("--target-corrupt", type=float,
+                       help="dense predictor: share of the augmented target copies corrupted with augment.context_noise")
         t.add_argument("--r-steps", type=int)
         t.add_argument("--r-batch", type=int)
     return ap
@@ -89,7 +91,8 @@ def _overrides(a) -> dict:
                       ("gan_steps", ("gan", "steps")), ("gan_batch", ("gan", "batch")), ("width", ("gan", "width")),
                       ("depth", ("gan", "depth")), ("adv", ("gan", "adv")), ("predictor", ("predictor", "kind")),
                       ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch")),
-                      ("variant", ("predictor", "variant")), ("r_width", ("predictor", "width")), ("r_lr", ("predictor", "lr"))):
+                      ("variant", ("predictor", "variant")), ("r_width", ("predictor", "width")), ("r_lr", ("predictor", "lr")),
+                      ("target_corrupt", ("predictor", "target_corrupt"))):
         v = getattr(a, key)
         if v is not None:
             o[dest[0]][dest[1]] = v
