@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        print(f"{PROG}: {exc} (see {PROG} --help)", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlp.runtime.cliutil import comma_subset, int_at_least, run_main
+from rlp.runtime.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.manifest import PATH_PATTERN
 
 from .onnx_export import DEFAULT_OPSET
@@ -27,7 +27,7 @@ _positive = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=PROG,
         description="Export a trained rlp run (G and/or R) to an ONNX bundle for the torch-free runtime, "
                     "after checking the exported models against PyTorch on the run's held-out slices.",
@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: _export(args))
+    return run_main(PROG, lambda: _export(build_parser().parse_args(argv)))
 
 
 def _export(args: argparse.Namespace) -> int:

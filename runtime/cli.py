@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        _say(f"{exc} (see {PROG} --help)")
+        _say(str(exc))
         return EX_USAGE
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .errors import EX_INTERRUPTED, EX_SOFTWARE, RlpError
+from .errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, RlpError
 
 
 def run_main(prog: str, body: Callable[[], int | None]) -> int:
@@ -42,15 +42,19 @@ def exit_with(prog: str, body: Callable[[], int | None]) -> None:
     sys.exit(run_main(prog, body))
 
 
-class UsageError(Exception):
-    """A command-line usage error (exit 2), raised by :class:`OneLineParser`."""
+class UsageError(RlpError):
+    """A command-line usage error (exit 2), raised by :class:`OneLineParser`; :func:`run_main` prints it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code=EX_USAGE)
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (raised as :class:`UsageError`) instead of a usage dump."""
+    """argparse, but a usage error is one line (raised as :class:`UsageError`, naming the command's ``--help``)
+    instead of a usage dump. Subcommands' parsers are of this class too."""
 
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

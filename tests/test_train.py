@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import run_cli  # noqa: E402
+from rlp.runtime.cliutil import UsageError  # noqa: E402
 from rlp.runtime.errors import RlpError  # noqa: E402
 from rlp.train import models  # noqa: E402
 from rlp.train.augment import AugmentConfig, corrupt_context, crops_and_inpaint  # noqa: E402
@@ -167,6 +168,11 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     r = run_cli(["-m", "rlp.train.cli", "gan", "--data", str(tmp_path / "none.h5"), "--run", str(tmp_path / "r"), "--preset", "tiny"])
     assert r.returncode == 66
     assert "none.h5" in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    # a usage error too: one line naming the option and the subcommand's help, not argparse's usage block
+    r = run_cli(["-m", "rlp.train.cli", "gan", "--data", "x.h5", "--run", str(tmp_path / "r"), "--gan-steps", "many"])
+    assert r.returncode == 2 and not (tmp_path / "r").exists()
+    assert r.stderr.startswith("rlp-train: ") and "--gan-steps" in r.stderr and "rlp-train gan --help" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
 
 
 def test_paper_predictor_needs_256(tmp_path, mni_tiny, tiny_run):
@@ -215,7 +221,7 @@ def test_geometry_and_target_flags_reach_the_config():
                               "--target-corrupt", "0.5"])
     o = _overrides(a)
     assert o["geometry"] == {"fill": -1.0, "paint": "tissue"} and o["predictor"]["target_corrupt"] == 0.5
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--paint"):
         _parser().parse_args(["gan", "--data", "x.h5", "--run", "r", "--paint", "everything"])
     cfg = resolve("demo", None, {})
     assert cfg["geometry"]["paint"] == "tissue" and cfg["geometry"]["fill"] == -1.0

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from rlp.runtime.cliutil import exit_with
+from rlp.runtime.cliutil import OneLineParser, exit_with
 from rlp.runtime.geometry import PAINT
 from rlp.runtime.progress import stderr_console
 
@@ -26,7 +26,7 @@ PROG = "rlp-train"
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="Prepare MRI slices and train rlp's G, D and R.")
+    ap = OneLineParser(prog=PROG, description="Prepare MRI slices and train rlp's G, D and R.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("prepare", help="turn NIfTI volumes (or 'mni152') into an HDF5 slice dataset")
