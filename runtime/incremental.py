@@ -448,28 +448,45 @@ def _rest_nodes(graph, split: str) -> list | None:
 
 
 # --------------------------------------------------------------------------- scoring
-def _pick(first: np.ndarray, second: np.ndarray, in_second: np.ndarray, at_second: np.ndarray,
-          at_first: np.ndarray) -> np.ndarray:
-    """Pixels of ``first`` (rows, cols, channels) at flat indices ``at_first``, or of ``second`` (any shape,
-    channels last) at flat indices ``at_second`` where ``in_second``: one copy of whole pixels (np.take, faster
-    than fancy indexing here)."""
-    h, w, ch = first.shape
-    flat = np.concatenate([first.reshape(-1, ch), second.reshape(-1, ch)])
-    return np.take(flat, np.where(in_second, h * w + at_second, at_first), axis=0)
+class _Kept:
+    """A kept map (rows, cols, channels) in a buffer with room after its pixels for a batch's recomputed ones.
 
-
-def _gather(src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, rows: np.ndarray,
-            cols: np.ndarray, win: np.ndarray) -> np.ndarray:
-    """Pixels ``(rows, cols)`` of window ``win``'s map: ``src`` (rows, cols, channels) with the window's
-    ``patch`` (rows, windows, cols, channels) in place at ``(pr[win], pc[win])``.
-
-    The index arrays broadcast together; the result has their shape plus the channels. One copy of whole
-    pixels, whichever map each comes from.
+    A window's map is the kept one with its recomputed region in place: each gather is one ``np.take`` of
+    whole pixels from this buffer, after the batch's new pixels are copied into its tail (the kept pixels are
+    copied once per image, not once per batch).
     """
-    (ph, n, pw), w = patch.shape[:3], src.shape[1]
-    ir, ic = rows - pr[win], cols - pc[win]
-    inside = (ir >= 0) & (ir < ph) & (ic >= 0) & (ic < pw)
-    return _pick(src, patch, inside, (ir * n + win) * pw + ic, rows * w + cols)
+
+    def __init__(self, a: np.ndarray):
+        self.map = a
+        self.shape = a.shape
+        self._n = a.shape[0] * a.shape[1]
+        self._buf = np.empty((0, a.shape[2]), a.dtype)
+
+    def pick(self, second: np.ndarray, in_second: np.ndarray, at_second: np.ndarray, at_first: np.ndarray
+             ) -> np.ndarray:
+        """Pixels at flat indices ``at_first`` of the map, or of ``second`` (any shape, channels last) at flat
+        indices ``at_second`` where ``in_second``."""
+        ch = self.shape[2]
+        second = second.reshape(-1, ch)
+        m = len(second)
+        if len(self._buf) < self._n + m:  # grown for the largest batch, then reused
+            self._buf = np.empty((self._n + m, ch), self.map.dtype)
+            self._buf[: self._n] = self.map.reshape(-1, ch)
+        self._buf[self._n: self._n + m] = second
+        return np.take(self._buf, np.where(in_second, self._n + at_second, at_first), axis=0)
+
+    def gather(self, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               win: np.ndarray) -> np.ndarray:
+        """Pixels ``(rows, cols)`` of window ``win``'s map: this map with the window's ``patch`` (rows,
+        windows, cols, channels) in place at ``(pr[win], pc[win])``.
+
+        The index arrays broadcast together; the result has their shape plus the channels. One copy of whole
+        pixels, whichever map each comes from.
+        """
+        (ph, n, pw), w = patch.shape[:3], self.shape[1]
+        ir, ic = rows - pr[win], cols - pc[win]
+        inside = (ir >= 0) & (ir < ph) & (ic >= 0) & (ic < pw)
+        return self.pick(patch, inside, (ir * n + win) * pw + ic, rows * w + cols)
 
 
 class _Refused(Exception):
@@ -624,7 +641,7 @@ class IncrementalScorer:
         self.latencies.append(time.perf_counter() - t0)
         return out
 
-    def kept(self, image: np.ndarray) -> list[np.ndarray]:
+    def kept(self, image: np.ndarray) -> list[_Kept]:
         """The unpainted slice's activations, channels last: every stage's input, padded as that layer pads,
         then the last stage's output."""
         x = np.asarray(image, dtype=self.dtype)
@@ -633,7 +650,7 @@ class IncrementalScorer:
         for p, a in zip(self.plan, acts):
             b0, b1, e0, e1 = p.pads
             out.append(np.pad(a, ((b0, e0), (b1, e1), (0, 0)), constant_values=np.asarray(p.stage.pad_value, a.dtype)))
-        return out + [acts[-1]]
+        return [_Kept(a) for a in out + [acts[-1]]]
 
     def score(self, image: np.ndarray, boxes: np.ndarray, *, batch: int | None = None,
               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -676,7 +693,7 @@ class IncrementalScorer:
                     width = -(-p.crop[1] // sc) * sc
                     rows = (r_out * sr)[:, None] + np.arange(p.crop[0])
                     cols = np.minimum((c_out * sc)[:, None] + np.arange(width), src.shape[1] - 1)
-                    crop = _gather(src, patch, pr, pc, rows.T[:, :, None], cols[None], win[None, :, None])
+                    crop = src.gather(patch, pr, pc, rows.T[:, :, None], cols[None], win[None, :, None])
                     if sess is None:
                         patch = crop[:, :, : p.region[1]]
                     else:
@@ -684,7 +701,7 @@ class IncrementalScorer:
                         patch = y[:, (np.arange(n) * (width // sc))[:, None] + np.arange(p.region[1])]
                 r, c = r_out, c_out
             h, w_, _ = kept[-1].shape  # the rest reads (windows, rows, cols, channels): whole pixels move
-            x = _gather(kept[-1], patch, r, c, np.arange(h)[None, :, None], np.arange(w_)[None, None], win[:, None, None])
+            x = kept[-1].gather(patch, r, c, np.arange(h)[None, :, None], np.arange(w_)[None, None], win[:, None, None])
             y = self.transform(np.asarray(self._run(self._rest, x)[0]).astype(np.float32, copy=False))
             if not np.isfinite(y).all():
                 raise BadInput("model produced non-finite value(s) (NaN/Inf); the bundle is broken")
@@ -693,8 +710,8 @@ class IncrementalScorer:
                 on_batch(n)
         return out
 
-    def _recompute(self, p: StagePlan, sess, src: np.ndarray, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray,
-                   r_out: np.ndarray, c_out: np.ndarray, changed: list, base: np.ndarray,
+    def _recompute(self, p: StagePlan, sess, src: _Kept, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray,
+                   r_out: np.ndarray, c_out: np.ndarray, changed: list, base: _Kept,
                    offset: tuple[int, int]) -> np.ndarray:
         """A ``gemm`` stage's region (rows, windows, cols, channels): the outputs in ``changed`` computed from
         their receptive fields (in ``src`` with ``patch`` at ``pr, pc``), the others the kept output ``base``
@@ -706,13 +723,13 @@ class IncrementalScorer:
             & ((cols >= c_lo[:, None]) & (cols <= c_hi[:, None]))[None]
         i, b, j = np.nonzero(need)
         (kh, kw), (sr, sc), (dr, dc) = st.kernel, st.stride, st.dilation
-        taps = _gather(src, patch, pr, pc, ((r_out[b] + i) * sr)[:, None, None] + (np.arange(kh) * dr)[:, None],
+        taps = src.gather(patch, pr, pc, ((r_out[b] + i) * sr)[:, None, None] + (np.arange(kh) * dr)[:, None],
                        ((c_out[b] + j) * sc)[:, None, None] + np.arange(kw) * dc, b[:, None, None])
         y = self._run(sess, taps.reshape(1, 1, len(i), -1))[0].reshape(len(i), -1) if len(i) else \
             np.empty((0, base.shape[2]), base.dtype)
         at = np.zeros(need.shape, np.int64)
         at[i, b, j] = np.arange(len(i))  # the computed outputs, in place over the kept map
-        return _pick(base, y, need, at, (rows + offset[0]).T[:, :, None] * base.shape[1] + (cols + offset[1])[None])
+        return base.pick(y, need, at, (rows + offset[0]).T[:, :, None] * base.shape[1] + (cols + offset[1])[None])
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
