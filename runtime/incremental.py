@@ -22,13 +22,17 @@ layers (the paper's R at 256/16/4: 9x9 of 128x128 after its first conv, 5x5 of
 4. the last recomputed region is pasted into a copy of the kept activation and
    the rest of the network runs on the batch of these.
 
-A stage runs once per batch of windows, in one of two ways, whichever the work
+A stage runs once per batch of windows, in one of three ways, whichever the work
 estimate prefers. An ungrouped convolution can recompute only the outputs a box
 really changes (a box's changed extent varies with its alignment to the
-strides: 2 or 3 of the 3 recomputed rows after the paper's R's first pool), each
-from its gathered receptive field, as one matrix product over the batch (a 1x1
-convolution on im2col columns); the region's other outputs are the kept map's.
-Any other layer runs on the batch's crops side by side in one image, so that its
+strides: 2 or 3 of the 3 recomputed rows after the paper's R's first pool),
+either each from its gathered receptive field, as one matrix product over the
+batch (``gemm``: a 1x1 convolution on im2col columns), or, since a convolution
+is linear, as its kept output (before the elementwise nodes after it) plus the
+change of its input times the weights of only those kernel taps that read a
+changed input (``delta``: one matrix product per tap; deep in the network a
+changed output reads a changed input through about half of its taps); the
+region's other outputs are the kept map's. Any other layer runs on the batch's crops side by side in one image, so that its
 work stays in large calls although each crop is small. numpy moves whole pixels
 (channels last); a Transpose in each sub-model, which onnxruntime folds into its
 own layout change, gives the layers their NCHW. The sub-models' thread pools do
@@ -69,13 +73,22 @@ UNARY = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu"
 #: elementwise with a constant that must not vary along the spatial axes (per-channel at most)
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "BatchNormalization"})
 SPATIAL = frozenset({"Conv", "MaxPool", "AveragePool", "Pad"})
-#: work per copied element (gather, paste), in multiply-add FLOPs: numpy moves a few elements per
-#: nanosecond while the convolutions run at tens of FLOPs per nanosecond
-COPY_FLOPS = 16.0
+#: work per copied element (gather, paste), in FLOPs (a multiply-add is 2): numpy gathers about one element
+#: per nanosecond while onnxruntime's convolutions run at up to ~170 FLOPs per nanosecond on 2 cores, well
+#: below that on small layers (measured on the paper's R at 256: with 16 the estimate preferred im2col columns
+#: for its second convolution, 0.05 s a slice slower than its crops)
+COPY_FLOPS = 64.0
 TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+#: a delta stage's products are one matrix product per kernel tap, over the layer's input channels only: below
+#: this many the products run well under the machine's peak (measured on the paper's R at 256: its second
+#: convolution, 64 input channels, took longer as deltas than on crops), so the estimate scales their work by
+#: DELTA_MIN_CIN / channels
+DELTA_MIN_CIN = 128
 #: windows per stage call (the plain path's batch does not apply); measured on the paper's R at 256: as fast as
 #: 512 and about 110 MB less peak memory
 BATCH = 256
+#: how a convolution can be recomputed (StagePlan.how)
+HOWS = ("gemm", "delta", "crops")
 ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
                  "ort-cuda": [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]}
 
@@ -300,9 +313,18 @@ class StagePlan:
     pads: tuple[int, int, int, int]  # padding of the kept input: begin rows, begin cols, end rows, end cols
     in_region: tuple[int, int]  # the previous region (pasted into the crop)
     exact: tuple[float, float] = (0.0, 0.0)  # mean rows, cols over the windows that really change
-    #: recompute only the outputs that change, as one matrix product over the batch (im2col); else run the layer
-    #: on the crops side by side, computing every output of the region
-    gemm: bool = False
+    #: mean (changed output, kernel tap reading a changed input) pairs per window, rows and cols
+    pairs: tuple[float, float] = (0.0, 0.0)
+    #: how the layer is recomputed: "crops" (run on the crops side by side, every output of the region), "gemm"
+    #: (only the outputs that change, as one matrix product over the batch's gathered receptive fields) or
+    #: "delta" (only the outputs that change, as the kept pre-activation plus the kernel taps that read a changed
+    #: input times the change: the convolution is linear, so the taps over unchanged inputs are never redone)
+    how: str = "crops"
+
+    @property
+    def gemm(self) -> bool:
+        """Does the stage compute only the outputs that change (``how`` "gemm" or "delta")?"""
+        return self.how != "crops"
 
     def flops(self, rows: float, cols: float) -> float:
         return (self.stage.flops_per_output + len(self.stage.nodes) - (self.stage.op != "elementwise")) \
@@ -311,6 +333,14 @@ class StagePlan:
     @property
     def incremental_flops(self) -> float:
         c_in, copied = self.in_shape[0], self.crop[0] * self.crop[1] + self.in_region[0] * self.in_region[1]
+        if self.how == "delta":  # the changed taps' products, the elementwise nodes on the changed outputs, and the
+            # change of the input region, the taps, the kept pre-activations and the region copied
+            st, n_out = self.stage, self.exact[0] * self.exact[1]
+            taps = self.pairs[0] * self.pairs[1]
+            return self.out_shape[0] * (st.flops_per_output / (st.kernel[0] * st.kernel[1]) * taps
+                                        * max(1.0, DELTA_MIN_CIN / c_in) + (len(st.nodes) - 1) * n_out) \
+                + COPY_FLOPS * (c_in * (2 * self.in_region[0] * self.in_region[1] + taps)
+                                + self.out_shape[0] * (2 * n_out + self.region[0] * self.region[1]))
         if self.gemm:  # the exact outputs, each gathering its receptive field, and the region copied from the kept map
             taps = self.stage.kernel[0] * self.stage.kernel[1] * self.exact[0] * self.exact[1]
             return self.flops(*self.exact) + COPY_FLOPS * (c_in * (copied + taps)
@@ -348,7 +378,7 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
     plans: list[StagePlan] = []
     for st, cin, cout in zip(stages, shapes, shapes[1:]):
         pads = _resolve_pads(st, cin[1:])
-        starts, sizes, crop, end = [], [], [], []
+        starts, sizes, crop, end, pairs = [], [], [], [], []
         for ax in range(2):
             k, s, d, n_in, n_out = st.kernel[ax], st.stride[ax], st.dilation[ax], cin[1 + ax], cout[1 + ax]
             eff, pb, pe = d * (k - 1) + 1, pads[ax], pads[2 + ax]
@@ -358,7 +388,9 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
                 return plans, f"stage {st.name}: output size {n_out} does not follow from input {n_in}, kernel {k}, " \
                               f"stride {s}, padding {pb}+{pe}"
             start, size = _grow(a[ax], h[ax], k, s, d, pb, n_out)
-            exact[ax] = _changed(*exact[ax], k, s, d, pb, n_out)
+            lo, hi = exact[ax]
+            exact[ax] = _changed(lo, hi, k, s, d, pb, n_out)
+            pairs.append(float(np.mean(_tap_pairs(lo, hi, *exact[ax], k, s, d, pb))))
             starts.append(start)
             sizes.append(size)
             crop.append((size - 1) * s + eff)
@@ -367,12 +399,24 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
             return plans, f"stage {st.name} changes the shape {cin} -> {cout}"
         plan = StagePlan(st, cin, cout, (sizes[0], sizes[1]), (crop[0], crop[1]),
                          (pads[0], pads[1], end[0], end[1]), (h[0], h[1]),
-                         tuple(float(np.mean(np.maximum(hi - lo + 1, 0))) for lo, hi in exact))
+                         tuple(float(np.mean(np.maximum(hi - lo + 1, 0))) for lo, hi in exact), (pairs[0], pairs[1]))
         if _gemm_ok(st):  # whichever the estimate says is less work
-            plan = min(plan, replace(plan, gemm=True), key=lambda q: q.incremental_flops)
+            plan = min([plan] + [replace(plan, how=how) for how in ("gemm", "delta")], key=lambda q: q.incremental_flops)
         plans.append(plan)
         a, h = starts, (sizes[0], sizes[1])
     return plans, ""
+
+
+def _tap_pairs(lo: np.ndarray, hi: np.ndarray, o_lo: np.ndarray, o_hi: np.ndarray, k: int, s: int, d: int,
+               pb: int) -> np.ndarray:
+    """Along one axis, per window: the (output in ``[o_lo, o_hi]``, tap ``j < k``) pairs whose input
+    ``o*s - pb + j*d`` lies in ``[lo, hi]`` (the changed inputs)."""
+    n = np.zeros(np.shape(lo), np.int64)
+    for j in range(k):
+        first = np.maximum(o_lo, -((pb - j * d - lo) // s))  # ceil((lo + pb - j*d) / s)
+        last = np.minimum(o_hi, (hi + pb - j * d) // s)
+        n += np.maximum(last - first + 1, 0)
+    return n
 
 
 def _gemm_ok(st: Stage) -> bool:
@@ -435,6 +479,23 @@ def _pointwise(src, st: Stage):
                      [st.output], TO_NCHW, TO_NHWC, extra=(w1,))
 
 
+def _tap_products(src, st: Stage):
+    """One matrix product per kernel tap of the stage's convolution: input ``t<k>`` (rows, C_in) times the tap's
+    weights gives (rows, C_out); ``k`` counts the taps row by row."""
+    w = st.weight
+    elem = image_input(src.graph).type.tensor_type.elem_type
+    nodes, inputs, outputs, inits = [], [], [], []
+    for k, (i, j) in enumerate(np.ndindex(*w.shape[2:])):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, i, j].T), f"w{k}"))
+        nodes.append(helper.make_node("MatMul", [f"t{k}", f"w{k}"], [f"y{k}"]))
+        inputs.append(helper.make_tensor_value_info(f"t{k}", elem, ["rows", int(w.shape[1])]))
+        outputs.append(helper.make_tensor_value_info(f"y{k}", elem, ["rows", int(w.shape[0])]))
+    model = helper.make_model(helper.make_graph(nodes, "rlp_incremental_taps", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 13)], producer_name="rlp-incremental")
+    model.ir_version = min(src.ir_version, 7) if src.ir_version else 7
+    return model
+
+
 def _rest_nodes(graph, split: str) -> list | None:
     """The nodes that compute the graph's output from tensor ``split`` (None: they also need another input)."""
     need = {o.name for o in graph.output}
@@ -467,12 +528,11 @@ class _Kept:
         """Pixels at flat indices ``at_first`` of the map, or of ``second`` (any shape, channels last) at flat
         indices ``at_second`` where ``in_second``."""
         ch = self.shape[2]
-        second = second.reshape(-1, ch)
-        m = len(second)
+        m = second.size // ch
         if len(self._buf) < self._n + m:  # grown for the largest batch, then reused
             self._buf = np.empty((self._n + m, ch), self.map.dtype)
             self._buf[: self._n] = self.map.reshape(-1, ch)
-        self._buf[self._n: self._n + m] = second
+        self._buf[self._n: self._n + m].reshape(second.shape)[...] = second  # one copy, whatever its strides
         return np.take(self._buf, np.where(in_second, self._n + at_second, at_first), axis=0)
 
     def gather(self, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -513,6 +573,7 @@ class IncrementalScorer:
     batch: int = BATCH
     _cache: object = None
     _stages: list = field(default_factory=list)
+    _pre: dict = field(default_factory=dict)  # delta stage index -> index of its convolution's output in the cache
     _rest: object = None
 
     @classmethod
@@ -523,11 +584,12 @@ class IncrementalScorer:
 
         ``split`` forces the number of stages recomputed incrementally (at most
         what the graph allows); by default the cheapest by the work estimate.
-        ``conv`` forces how convolutions are recomputed, ``"gemm"`` (every
-        ungrouped one) or ``"crops"``; by default each the cheaper by the estimate.
+        ``conv`` forces how convolutions are recomputed, ``"gemm"`` or ``"delta"``
+        (every ungrouped one) or ``"crops"``; by default each the cheapest by the
+        estimate.
         """
-        if conv not in (None, "gemm", "crops"):
-            raise ValueError(f"conv must be None, 'gemm' or 'crops', not {conv!r}")
+        if conv not in (None,) + HOWS:
+            raise ValueError(f"conv must be None, 'gemm', 'delta' or 'crops', not {conv!r}")
         if onnx is None:
             raise Unavailable("incremental scoring needs the onnx package (pip install 'rlp[cpu]')")
         geometry = geometry.for_input("image")
@@ -574,7 +636,7 @@ class IncrementalScorer:
             return self._plainly("is not possible for this model (a layer is not 2-D)")
         plans, why = plan_stages(stages, shapes, self.geometry)
         if conv is not None:
-            plans = [replace(p, gemm=conv == "gemm" and _gemm_ok(p.stage)) for p in plans]
+            plans = [replace(p, how=conv if _gemm_ok(p.stage) else "crops") for p in plans]
         if not plans:
             return self._plainly(f"is not possible for this model ({why})")
         best, self.costs = choose_split(plans, shapes)
@@ -588,9 +650,21 @@ class IncrementalScorer:
                                  "recomputed layers)")
         self.plan = plans[:best]
         last = self.plan[-1]
+        outs = [p.stage.output for p in self.plan]
+        # a delta stage adds the change to its convolution's kept output (before the elementwise nodes after it)
+        self._pre = {i: (outs.index(p.stage.nodes[0].output[0]) if len(p.stage.nodes) == 1 else
+                         len(outs) + sum(q.how == "delta" and len(q.stage.nodes) > 1 for q in self.plan[:i]))
+                     for i, p in enumerate(self.plan) if p.how == "delta"}
+        outs += [p.stage.nodes[0].output[0] for p in self.plan if p.how == "delta" and len(p.stage.nodes) > 1]
         self._cache = session(_submodel(model, [n for p in self.plan for n in p.stage.nodes], [(x0, [1, 1, s, s])],
-                                        [p.stage.output for p in self.plan], out_perm=TO_NHWC))
+                                        outs, out_perm=TO_NHWC))
         for p in self.plan:  # a Pad alone needs no session: its crop is its recomputed region
+            if p.how == "delta":
+                st = p.stage
+                elem = _submodel(model, st.nodes[1:], [(st.nodes[0].output[0], [1, 1, "outputs", p.out_shape[0]])],
+                                 [st.output], TO_NCHW, TO_NHWC) if len(st.nodes) > 1 else None
+                self._stages.append((session(_tap_products(model, st)), elem and session(elem)))
+                continue
             if p.gemm:
                 self._stages.append(session(_pointwise(model, p.stage)))
                 continue
@@ -636,21 +710,25 @@ class IncrementalScorer:
 
     # -- running
     def _run(self, sess, x: np.ndarray) -> list[np.ndarray]:
+        return self._run_feeds(sess, {sess.get_inputs()[0].name: x})
+
+    def _run_feeds(self, sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter()
-        out = sess.run(None, {sess.get_inputs()[0].name: x})
+        out = sess.run(None, feeds)
         self.latencies.append(time.perf_counter() - t0)
         return out
 
-    def kept(self, image: np.ndarray) -> list[_Kept]:
+    def kept(self, image: np.ndarray) -> tuple[list[_Kept], dict[int, np.ndarray]]:
         """The unpainted slice's activations, channels last: every stage's input, padded as that layer pads,
-        then the last stage's output."""
+        then the last stage's output; and each delta stage's convolution output (by stage index)."""
         x = np.asarray(image, dtype=self.dtype)
-        acts = [x[:, :, None]] + [a[0] for a in self._run(self._cache, x[None, None])]
+        got = [a[0] for a in self._run(self._cache, x[None, None])]
+        acts = [x[:, :, None]] + got[: len(self.plan)]
         out = []
         for p, a in zip(self.plan, acts):
             b0, b1, e0, e1 = p.pads
             out.append(np.pad(a, ((b0, e0), (b1, e1), (0, 0)), constant_values=np.asarray(p.stage.pad_value, a.dtype)))
-        return [_Kept(a) for a in out + [acts[-1]]]
+        return [_Kept(a) for a in out + [acts[-1]]], {i: got[k] for i, k in self._pre.items()}
 
     def score(self, image: np.ndarray, boxes: np.ndarray, *, batch: int | None = None,
               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -667,7 +745,7 @@ class IncrementalScorer:
         if not np.isin(boxes, pos).all():
             raise ValueError("incremental scoring is planned for the geometry's window positions only")
         image = np.asarray(image, dtype=self.dtype)
-        kept = self.kept(image)
+        kept, pre = self.kept(image)
         out = np.empty(len(boxes), dtype=np.float64)
         for sl in iter_batches(len(boxes), max(1, int(batch or self.batch))):
             r, c = boxes[sl, 0], boxes[sl, 1]
@@ -683,10 +761,15 @@ class IncrementalScorer:
                                  p.region[0])
                 c_out, _ = _grow(c, patch.shape[2], st.kernel[1], sc, st.dilation[1], p.pads[1], p.out_shape[2],
                                  p.region[1])
-                changed = [_changed(*changed[ax], st.kernel[ax], st.stride[ax], st.dilation[ax], p.pads[ax],
-                                    p.out_shape[1 + ax]) for ax in range(2)]
+                changed_in, changed = changed, [_changed(*changed[ax], st.kernel[ax], st.stride[ax],
+                                                         st.dilation[ax], p.pads[ax], p.out_shape[1 + ax])
+                                                for ax in range(2)]
                 pr, pc = r + p.pads[0], c + p.pads[1]  # the patch in the padded input
-                if p.gemm:
+                if p.how == "delta":
+                    nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)
+                    patch = self._delta(p, sess, src, pre[i], patch, pr, pc, r_out, c_out, changed_in, changed,
+                                        kept[i + 1], nxt)
+                elif p.gemm:
                     nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)
                     patch = self._recompute(p, sess, src, patch, pr, pc, r_out, c_out, changed, kept[i + 1], nxt)
                 else:
@@ -710,26 +793,68 @@ class IncrementalScorer:
                 on_batch(n)
         return out
 
+    def _needed(self, p: StagePlan, r_out: np.ndarray, c_out: np.ndarray, changed: list):
+        """Which outputs of each window's region really change: ``need`` (rows, windows, cols), its nonzero
+        (row, window, col) indices, and the region's rows and cols (windows, size)."""
+        (rh, rw) = p.region
+        rows, cols = r_out[:, None] + np.arange(rh), c_out[:, None] + np.arange(rw)  # (windows, rh), (windows, rw)
+        (r_lo, r_hi), (c_lo, c_hi) = changed
+        need = ((rows >= r_lo[:, None]) & (rows <= r_hi[:, None])).T[:, :, None] \
+            & ((cols >= c_lo[:, None]) & (cols <= c_hi[:, None]))[None]
+        return need, np.nonzero(need), rows, cols
+
+    def _paste(self, y: np.ndarray, need: np.ndarray, idx: tuple, rows: np.ndarray, cols: np.ndarray,
+               base: _Kept, offset: tuple[int, int]) -> np.ndarray:
+        """The region (rows, windows, cols, channels): ``y`` (the outputs at ``idx``) over the kept ``base``."""
+        at = np.zeros(need.shape, np.int64)
+        at[idx] = np.arange(len(idx[0]))
+        return base.pick(y, need, at, (rows + offset[0]).T[:, :, None] * base.shape[1] + (cols + offset[1])[None])
+
+    def _delta(self, p: StagePlan, sess, src: _Kept, pre: np.ndarray, patch: np.ndarray, pr: np.ndarray,
+               pc: np.ndarray, r_out: np.ndarray, c_out: np.ndarray, changed_in: list, changed: list, base: _Kept,
+               offset: tuple[int, int]) -> np.ndarray:
+        """A ``delta`` stage's region: each output in ``changed`` is its kept pre-activation (``pre``) plus, for
+        every kernel tap that reads an input in ``changed_in``, the tap's weights times the input's change
+        (``patch`` at ``pr, pc`` minus the kept ``src``), then the elementwise nodes; the others are ``base``'s."""
+        taps_sess, elem_sess = sess
+        st, (ph, n, pw) = p.stage, patch.shape[:3]
+        need, (i, b, j), rows, cols = self._needed(p, r_out, c_out, changed)
+        if not len(i):
+            return self._paste(np.empty((0, base.shape[2]), base.map.dtype), need, (i, b, j), rows, cols, base,
+                               offset)
+        o_r, o_c = r_out[b] + i, c_out[b] + j
+        under = src.map[(pr[:, None] + np.arange(ph)).T[:, :, None], (pc[:, None] + np.arange(pw))[None]]
+        change = (patch - under).reshape(-1, patch.shape[-1])  # (ph, n, pw) pixels
+        (r_lo, r_hi), (c_lo, c_hi) = changed_in
+        feeds, sel = {}, []
+        for k, (ki, kj) in enumerate(np.ndindex(*st.kernel)):
+            ir = o_r * st.stride[0] - p.pads[0] + ki * st.dilation[0]  # the tap's input, unpadded
+            ic = o_c * st.stride[1] - p.pads[1] + kj * st.dilation[1]
+            m = np.flatnonzero((ir >= r_lo[b]) & (ir <= r_hi[b]) & (ic >= c_lo[b]) & (ic <= c_hi[b]))
+            at = ((ir[m] + p.pads[0] - pr[b[m]]) * n + b[m]) * pw + ic[m] + p.pads[1] - pc[b[m]]
+            feeds[f"t{k}"] = change[at]
+            sel.append(m)
+        acc = pre[o_r, o_c]  # a copy: fancy indexing
+        for m, y in zip(sel, self._run_feeds(taps_sess, feeds)):
+            acc[m] += y  # each output once per tap
+        if elem_sess is not None:
+            acc = self._run(elem_sess, acc.reshape(1, 1, len(acc), -1))[0].reshape(len(acc), -1)
+        return self._paste(acc, need, (i, b, j), rows, cols, base, offset)
+
     def _recompute(self, p: StagePlan, sess, src: _Kept, patch: np.ndarray, pr: np.ndarray, pc: np.ndarray,
                    r_out: np.ndarray, c_out: np.ndarray, changed: list, base: _Kept,
                    offset: tuple[int, int]) -> np.ndarray:
         """A ``gemm`` stage's region (rows, windows, cols, channels): the outputs in ``changed`` computed from
         their receptive fields (in ``src`` with ``patch`` at ``pr, pc``), the others the kept output ``base``
         (padded by ``offset``)."""
-        (rh, rw), st = p.region, p.stage
-        rows, cols = r_out[:, None] + np.arange(rh), c_out[:, None] + np.arange(rw)  # (windows, rh), (windows, rw)
-        (r_lo, r_hi), (c_lo, c_hi) = changed
-        need = ((rows >= r_lo[:, None]) & (rows <= r_hi[:, None])).T[:, :, None] \
-            & ((cols >= c_lo[:, None]) & (cols <= c_hi[:, None]))[None]
-        i, b, j = np.nonzero(need)
+        st = p.stage
+        need, (i, b, j), rows, cols = self._needed(p, r_out, c_out, changed)
         (kh, kw), (sr, sc), (dr, dc) = st.kernel, st.stride, st.dilation
         taps = src.gather(patch, pr, pc, ((r_out[b] + i) * sr)[:, None, None] + (np.arange(kh) * dr)[:, None],
                        ((c_out[b] + j) * sc)[:, None, None] + np.arange(kw) * dc, b[:, None, None])
         y = self._run(sess, taps.reshape(1, 1, len(i), -1))[0].reshape(len(i), -1) if len(i) else \
             np.empty((0, base.shape[2]), base.dtype)
-        at = np.zeros(need.shape, np.int64)
-        at[i, b, j] = np.arange(len(i))  # the computed outputs, in place over the kept map
-        return base.pick(y, need, at, (rows + offset[0]).T[:, :, None] * base.shape[1] + (cols + offset[1])[None])
+        return self._paste(y, need, (i, b, j), rows, cols, base, offset)
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
@@ -751,6 +876,6 @@ class IncrementalScorer:
         return {"incremental": True, "split_after": self.plan[-1].stage.name,
                 "stages": [{"layer": p.stage.name, "op": p.stage.op, "region": list(p.region),
                             "of": list(p.out_shape[1:]), "crop": list(p.crop),
-                            "changed": [round(v, 2) for v in p.exact], "as": "gemm" if p.gemm else "crops"}
+                            "changed": [round(v, 2) for v in p.exact], "as": p.how}
                            for p in self.plan],
                 "flops_per_window": self.costs[n], "plain_flops_per_window": self.costs[0]}
