@@ -32,8 +32,8 @@ is linear, as its kept output (before the elementwise nodes after it) plus the
 change of its input times the weights of only those kernel taps that read a
 changed input (``delta``: one matrix product per tap; deep in the network a
 changed output reads a changed input through about half of its taps); the
-region's other outputs are the kept map's. Any other layer runs on the batch's crops side by side in one image, so that its
-work stays in large calls although each crop is small. numpy moves whole pixels
+region's other outputs are the kept map's. Any other layer runs on the batch's
+crops side by side in one image, so that its work stays in large calls although each crop is small. numpy moves whole pixels
 (channels last); a Transpose in each sub-model, which onnxruntime folds into its
 own layout change, gives the layers their NCHW. The sub-models' thread pools do
 not spin between calls (they take turns with numpy), and keep no memory arena.
@@ -492,7 +492,7 @@ def _tap_products(src, st: Stage):
         outputs.append(helper.make_tensor_value_info(f"y{k}", elem, ["rows", int(w.shape[0])]))
     model = helper.make_model(helper.make_graph(nodes, "rlp_incremental_taps", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 13)], producer_name="rlp-incremental")
-    model.ir_version = min(src.ir_version, 7) if src.ir_version else 7
+    model.ir_version = 7  # what opset 13 needs
     return model
 
 
@@ -651,11 +651,12 @@ class IncrementalScorer:
         self.plan = plans[:best]
         last = self.plan[-1]
         outs = [p.stage.output for p in self.plan]
-        # a delta stage adds the change to its convolution's kept output (before the elementwise nodes after it)
-        self._pre = {i: (outs.index(p.stage.nodes[0].output[0]) if len(p.stage.nodes) == 1 else
-                         len(outs) + sum(q.how == "delta" and len(q.stage.nodes) > 1 for q in self.plan[:i]))
-                     for i, p in enumerate(self.plan) if p.how == "delta"}
-        outs += [p.stage.nodes[0].output[0] for p in self.plan if p.how == "delta" and len(p.stage.nodes) > 1]
+        for i, p in enumerate(self.plan):  # a delta stage adds the change to its convolution's kept output
+            if p.how == "delta":  # (before the elementwise nodes after it)
+                conv_out = p.stage.nodes[0].output[0]
+                if conv_out not in outs:
+                    outs.append(conv_out)
+                self._pre[i] = outs.index(conv_out)
         self._cache = session(_submodel(model, [n for p in self.plan for n in p.stage.nodes], [(x0, [1, 1, s, s])],
                                         outs, out_perm=TO_NHWC))
         for p in self.plan:  # a Pad alone needs no session: its crop is its recomputed region
@@ -735,8 +736,9 @@ class IncrementalScorer:
         """The predictor's scores (transformed) of the windows at ``boxes`` (top-left rows, cols) of ``image``.
 
         Each stage runs once per batch. A convolution the plan marks ``gemm`` computes only the outputs that
-        really change, each from its gathered receptive field, as one matrix product; the rest of its region is
-        the kept map's. Any other layer runs on one image: the batch's input crops side by side (each widened
+        really change, each from its gathered receptive field, as one matrix product; one marked ``delta``
+        computes the same outputs as their kept values plus the input's change through the taps that read it;
+        the rest of its region is the kept map's. Any other layer runs on one image: the batch's input crops side by side (each widened
         to a multiple of the stride), so that its work stays in large calls; the outputs between crops are never
         read. Arrays are (rows, windows, cols, channels).
         """
@@ -765,12 +767,11 @@ class IncrementalScorer:
                                                          st.dilation[ax], p.pads[ax], p.out_shape[1 + ax])
                                                 for ax in range(2)]
                 pr, pc = r + p.pads[0], c + p.pads[1]  # the patch in the padded input
+                nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)  # of the next stage's input
                 if p.how == "delta":
-                    nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)
                     patch = self._delta(p, sess, src, pre[i], patch, pr, pc, r_out, c_out, changed_in, changed,
                                         kept[i + 1], nxt)
                 elif p.gemm:
-                    nxt = self.plan[i + 1].pads[:2] if i + 1 < len(self.plan) else (0, 0)
                     patch = self._recompute(p, sess, src, patch, pr, pc, r_out, c_out, changed, kept[i + 1], nxt)
                 else:
                     width = -(-p.crop[1] // sc) * sc
