@@ -519,9 +519,16 @@ class _Kept:
 
     def __init__(self, a: np.ndarray):
         self.map = a
-        self.shape = a.shape
         self._n = a.shape[0] * a.shape[1]
         self._buf = np.empty((0, a.shape[2]), a.dtype)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.map.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.map.dtype
 
     def pick(self, second: np.ndarray, in_second: np.ndarray, at_second: np.ndarray, at_first: np.ndarray
              ) -> np.ndarray:
@@ -530,7 +537,7 @@ class _Kept:
         ch = self.shape[2]
         m = second.size // ch
         if len(self._buf) < self._n + m:  # grown for the largest batch, then reused
-            self._buf = np.empty((self._n + m, ch), self.map.dtype)
+            self._buf = np.empty((self._n + m, ch), self.dtype)
             self._buf[: self._n] = self.map.reshape(-1, ch)
         self._buf[self._n: self._n + m].reshape(second.shape)[...] = second  # one copy, whatever its strides
         return np.take(self._buf, np.where(in_second, self._n + at_second, at_first), axis=0)
@@ -821,8 +828,7 @@ class IncrementalScorer:
         st, (ph, n, pw) = p.stage, patch.shape[:3]
         need, (i, b, j), rows, cols = self._needed(p, r_out, c_out, changed)
         if not len(i):
-            return self._paste(np.empty((0, base.shape[2]), base.map.dtype), need, (i, b, j), rows, cols, base,
-                               offset)
+            return self._paste(np.empty((0, base.shape[2]), base.dtype), need, (i, b, j), rows, cols, base, offset)
         o_r, o_c = r_out[b] + i, c_out[b] + j
         under = src.map[(pr[:, None] + np.arange(ph)).T[:, :, None], (pc[:, None] + np.arange(pw))[None]]
         change = (patch - under).reshape(-1, patch.shape[-1])  # (ph, n, pw) pixels

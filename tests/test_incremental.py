@@ -177,6 +177,24 @@ def test_tissue_paint_equals_plain_scoring_at_every_split():
             np.testing.assert_allclose(got, plain, rtol=0, atol=TOL, err_msg=f"split {split}, conv {conv}")
 
 
+def test_a_batch_where_no_output_of_a_region_changes_keeps_the_kept_outputs():
+    """Both matrix-product ways, when a batch changes none of a region's outputs, return the kept map there."""
+    geom = GEOM
+    image = _image(geom.size)
+    for how in ("gemm", "delta"):
+        scorer = IncrementalScorer.from_model(strided().model(), geom, split=2, threads=1, conv=how)
+        p, sess = scorer.plan[1], scorer._stages[1]
+        assert p.how == how
+        kept, pre = scorer.kept(image)
+        (ih, iw), (rh, rw) = p.in_region, p.region
+        patch = np.ones((ih, 1, iw, p.in_shape[0]), np.float32)
+        zero, none = np.array([0]), [(np.array([1]), np.array([0]))] * 2  # empty ranges: nothing changed
+        args = (p, sess, kept[1]) + ((pre[1],) if how == "delta" else ()) + (patch, zero, zero, zero, zero)
+        args += (none, none) if how == "delta" else (none,)
+        got = (scorer._delta if how == "delta" else scorer._recompute)(*args, kept[2], (0, 0))
+        np.testing.assert_array_equal(got, kept[2].map[:rh, None, :rw])
+
+
 def test_unsupported_first_layer_is_scored_plainly_with_a_note():
     n = Net(seed=4)
     n.inits.append(numpy_helper.from_array(n.rng.normal(0, 0.3, (1, 2, 3, 3)).astype(np.float32), "wt"))
