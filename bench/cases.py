@@ -5,10 +5,9 @@ Two sets:
 - ``lesion``: real slices with an inserted synthetic lesion and its ground-truth
   mask, on their own input grid. Localisation metrics use them, and so does
   fidelity. Sources, in order: ``--inputs`` (files or folders; a mask is paired
-  by name, ``<stem>_lesion.nii.gz``), the demo slices that ship with rlp
-  (:func:`rlp.runtime.heatmap.demo_slices`), or, with ``--run`` and neither of
-  those, the run's held-out slices with a lesion inserted here (seeded;
-  :func:`synthetic_lesion_cases`).
+  by name, ``<stem>_lesion.nii.gz``), with ``--run`` the lesion suite
+  (:mod:`rlp.bench.suite`, which adds ``healthy`` slices), or the demo slices
+  that ship with rlp (:func:`rlp.runtime.heatmap.demo_slices`).
 - ``heldout``: the run's held-out slices as they are (``RUN/heldout.npz``, no
   lesion; healthy tissue only), for fidelity only.
 
@@ -27,13 +26,8 @@ from rlp.runtime.errors import BadInput, InputMissing
 from rlp.runtime.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.preprocess import brain_mask
 
-from .lesions import insert_lesion
-
 LESION = "lesion"
 HELDOUT = "heldout"
-#: lesion radius range in millimetres (voxels of the 1 mm demo slices), as the demo inputs use
-LESION_RADIUS_MM = (5.0, 16.0)
-MIN_RADIUS_PX = 3.0
 
 
 def _mask_for(image: Path) -> Path | None:
@@ -93,32 +87,6 @@ def heldout_cases(run: Path, n: int) -> list[dict]:
     idx = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
     return [{"id": f"heldout{int(i):02d}", "set": HELDOUT, "npz": str(run / "heldout.npz"), "index": int(i),
              "lesion_key": None} for i in idx]
-
-
-def synthetic_lesion_cases(run: Path, n: int, out_npz: Path, seed: int = 0) -> list[dict]:
-    """Lesions inserted into up to ``n`` held-out slices of ``run`` (hyper- and hypo-intense in turn).
-
-    The held-out slices are on the model grid; the radius range is
-    :data:`LESION_RADIUS_MM` scaled from a 256-pixel field of view to it, and
-    at least :data:`MIN_RADIUS_PX` (the blob's soft edge is 1.5 pixels wide).
-    """
-    src = run / "heldout.npz"
-    images = _npz_images(src, "images")
-    brains = _npz_images(src, "brains").astype(bool)
-    size = images.shape[-1]
-    lo, hi = (max(MIN_RADIUS_PX, r * size / 256.0) for r in LESION_RADIUS_MM)
-    rng = np.random.default_rng(seed)
-    order = np.argsort(-brains.reshape(len(brains), -1).sum(1), kind="stable")[: min(n, len(images))]
-    out_img, out_mask, records = [], [], []
-    for j, i in enumerate(sorted(order.tolist())):
-        kind = "hyper" if j % 2 == 0 else "hypo"
-        les = insert_lesion(images[i], brains[i], rng, kind=kind, radius_range=(lo, max(lo + 1.0, hi)))
-        out_img.append(les.image)
-        out_mask.append(les.mask)
-        records.append({"id": f"heldout{i:02d}_{kind}", "set": LESION, "npz": str(out_npz), "index": j,
-                        "lesion_key": "lesions", "kind": kind, "radius": round(les.radius, 2)})
-    np.savez(out_npz, images=np.stack(out_img).astype(np.float32), lesions=np.stack(out_mask))
-    return records
 
 
 def _npz_images(path: Path, key: str) -> np.ndarray:

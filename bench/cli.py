@@ -38,8 +38,8 @@ from rlp.runtime.nifti import load_nifti
 from rlp.runtime.progress import progress
 
 from . import plots, report as rep
-from .cases import (HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases,
-                    synthetic_lesion_cases)
+from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases
+from .suite import SUITE_HEALTHY, SUITE_LESIONS, suite_cases
 from .rows import ALL_BACKENDS, TORCH_BACKENDS, WARMUP_BATCHES, Row, check_run_matches, load_maps, map_record, run_row
 
 PROG = "rlp-bench"
@@ -47,7 +47,6 @@ PROG = "rlp-bench"
 MODES = {"quick": {"runs": 3, "slices": 1, "heldout": 0, "g_windows": 256},
          "full": {"runs": 5, "slices": None, "heldout": 4, "g_windows": None}}
 PANELS = 3
-SYNTHETIC_SLICES = 10  # lesion slices made from --run's held-out slices when no others are given (full runs)
 REFERENCE_BACKEND = "ort-cpu"  # the exact G maps (fidelity reference) are made with it, in the parent
 
 EPILOG = f"""\
@@ -56,9 +55,9 @@ TensorRT) on the bundle's ONNX models; torch-cpu/torch-cuda: PyTorch eager on th
 --run (the paper's setting), when PyTorch is installed. Each row runs in a process of its own.
 
 slices: --inputs (NIfTI slices; a lesion mask <stem>_lesion.nii.gz beside an image is used for the
-localisation metrics), else the demo slices that ship with rlp, else (with --run) the run's
-held-out slices with synthetic lesions inserted. With --run, its held-out slices (no lesion) are
-also used for fidelity.
+localisation metrics), else (with --run) the lesion suite built from the run's held-out slices
+(validation and test splits; {SUITE_LESIONS} lesion slices of five kinds and {SUITE_HEALTHY} healthy ones, a third
+of each rotated and shifted; from --seed), else the demo slices that ship with rlp.
 
 --quick: {MODES['quick']['runs']} runs, {MODES['quick']['slices']} lesion slice, no held-out slice; G timed on \
 {MODES['quick']['g_windows']} windows and extrapolated to the
@@ -100,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=comma_subset(ALL_BACKENDS), metavar="LIST",
                    help=f"backends, comma-separated, of {','.join(ALL_BACKENDS)} (default: every one available; "
                         "ort-trt only by name, it builds engines first)")
-    p.add_argument("--slices", type=_positive, metavar="N", help="lesion slices to use (default all; --quick 1)")
+    p.add_argument("--slices", type=_positive, metavar="N",
+                   help=f"lesion slices to use (default all; the suite: {SUITE_LESIONS}; --quick 1)")
+    p.add_argument("--healthy", type=_positive, metavar="N",
+                   help=f"healthy slices of the lesion suite (default {SUITE_HEALTHY}; --quick 1)")
     p.add_argument("--heldout", type=_count, metavar="N", help="held-out slices of --run for fidelity (default 4; --quick 0)")
     p.add_argument("--g-windows", type=_count, metavar="N",
                    help="time G on N windows and extrapolate (default: all windows; --quick 256; 0: never)")
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-limit", type=_positive, default=VOLUME_LIMIT_S, metavar="S",
                    help=f"skip the volume on rows whose slice latency x slices exceeds S seconds (default "
                         f"{VOLUME_LIMIT_S})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic lesions (held-out fallback)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the lesion suite (with --run)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress or table on stderr, only errors")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -188,6 +190,7 @@ class Bench:
         self.threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                         else os.cpu_count() or 1)
         self.notes: list[str] = []
+        self.suite: dict | None = None
 
     def say(self, msg: str) -> None:
         if not self.args.quiet:
@@ -203,22 +206,27 @@ class Bench:
         return found
 
     def _cases(self, run: Path | None, workdir: Path) -> tuple[list[dict], str]:
+        if not self.args.inputs and run is not None:  # the lesion suite, from the run's held-out slices
+            n_les = self.args.slices or (SUITE_LESIONS if self.mode == "full" else self.n_slices)
+            n_healthy = SUITE_HEALTHY if self.args.healthy is None and self.mode == "full" else (self.args.healthy or 1)
+            cases = suite_cases(run, workdir / "suite.npz", self.args.seed, n_les, n_healthy)
+            self.suite = {"seed": self.args.seed, "lesions": n_les, "healthy": n_healthy,
+                          "source": f"{run / 'heldout.npz'}: validation and test slices",
+                          "cases": [{"id": c["id"], "set": c["set"], **c["suite"]} for c in cases]}
+            self.notes.append(f"lesion suite: {n_les} held-out slices with one synthetic lesion each and {n_healthy} "
+                              f"healthy ones (seed {self.args.seed}); every third slice of each set rotated and shifted")
+            if self.args.heldout:
+                cases += heldout_cases(run, self.n_heldout)
+            return cases, "suite"
         if self.args.inputs:
             pairs, source = find_inputs(self.args.inputs), "inputs"
         elif demo := demo_slices():
             pairs, source = find_inputs(demo), "demo"
-        elif run is not None:
-            pairs, source = None, "run-heldout+synthetic-lesions"
         else:
             raise InputMissing("no slices to measure: pass --inputs SLICES (NIfTI, with <stem>_lesion.nii.gz masks) "
-                               "or --run RUN (its held-out slices get synthetic lesions); this install has no demo slices")
-        if pairs is None:
-            cases = synthetic_lesion_cases(run, self.n_slices or SYNTHETIC_SLICES, workdir / "lesion_cases.npz",
-                                           self.args.seed)
-            self.notes.append("lesion slices: the run's held-out slices (model grid) with one synthetic lesion each "
-                              f"(seed {self.args.seed}), hyper- and hypo-intense in turn")
-        else:
-            cases = nifti_cases(pairs)[: self.n_slices]
+                               "or --run RUN (the lesion suite is built from its held-out slices); this install has "
+                               "no demo slices")
+        cases = nifti_cases(pairs)[: self.n_slices]
         if run is not None and self.n_heldout:
             cases += heldout_cases(run, self.n_heldout)
         if not cases:
@@ -321,7 +329,7 @@ class Bench:
             lesion_cases = [c for c in cases if c["set"] == LESION]
             timing = lesion_cases[0] if lesion_cases else cases[0]
             self.say(f"bundle {bundle_dir}; {len(rows)} row(s): {', '.join(r.name for r in rows)}; "
-                     f"{len(lesion_cases)} lesion + {len(cases) - len(lesion_cases)} held-out slice(s); "
+                     f"{len(lesion_cases)} lesion + {len(cases) - len(lesion_cases)} healthy or held-out slice(s); "
                      f"{self.mode} mode, {self.runs} runs, {self.threads} threads")
             spec = {"bundle": str(bundle_dir), "run": None if run is None else str(run), "threads": self.threads,
                     "batch": args.batch, "runs": self.runs, "g_windows": self.g_windows, "timing_case": timing,
@@ -345,10 +353,12 @@ class Bench:
             rep.add_speedups(results)
             rep.add_equality(results, lambda r: load_maps(r["map_file"], len(cases)))
             panels = self._panels(cases, loaded, truth, ref, results)
+            misses = self._misses(cases, loaded, truth, ref, results)
             body = self._report(created, bundle_dir, manifest, run, cases, loaded, source, timing, results,
                                 skipped, ref_info)
             pngs = {"latency": plots.latency_png(body), "memory": plots.memory_png(body),
-                    "panels": plots.panels_png(panels)}
+                    "panels": plots.panels_png(panels),
+                    "misses": plots.panels_png(misses)}
             body["plots"] = {k: f"{k}.png" if v else None for k, v in pngs.items()}
             body["duration_s"] = time.time() - t0
             body = rep.clean(body)
@@ -431,7 +441,8 @@ class Bench:
                                   for k, m in manifest.models.items()}},
             "run": None if run is None else {"path": str(run.resolve())},
             "inputs": {"source": source, "timing_slice": timing["id"], "lesion": desc,
-                       "heldout": [{"id": c["id"], "index": c["index"]} for c in cases if c["set"] == HELDOUT]},
+                       "heldout": [{"id": c["id"], "index": c["index"]} for c in cases if c["set"] == HELDOUT],
+                       "suite": self.suite},
             "environment": environment(self.threads),
             "reference": ref_info,
             "rows": results,
@@ -453,6 +464,30 @@ class Bench:
             out.append({"title": c["id"], "image": image, "spacing": spacing, "lesion": lesion,
                         "g": (ref[j]["pixel"], ref[j]["top"]) if ref else None,
                         "r": (r_maps[j]["pixel"], r_maps[j]["top"]) if r_maps else None})
+        return out
+
+
+    def _misses(self, cases, loaded, truth, ref, results, n: int = 6) -> list[dict]:
+        """The worst misses, so a person sees why: lesion slices whose top window (G's plain row, else R's)
+        missed the dilated lesion, lowest pixel AUROC first, with both paths' maps."""
+        ok = [r for r in results if r["status"] == "ok" and r["localisation"] is not None and r["method"] == "plain"]
+        by_path = {p: next((x for b in rep.HEADLINE_ORDER for x in ok if x["backend"] == b and x["path"] == p), None)
+                   for p in ("g", "r")}
+        judge = by_path["g"] or by_path["r"]
+        if judge is None:
+            return []
+        per = {p["id"]: p for p in judge["localisation"]["per_slice"]}
+        missed = sorted((p for p in per.values() if not p.get("top_window_hit_dilated", p["top_window_hit"])),
+                        key=lambda p: (p["auroc"] if p["auroc"] is not None else 0.0))[:n]
+        maps = {p: load_maps(x["map_file"], len(cases)) if x else None for p, x in by_path.items()}
+        index = {c["id"]: j for j, c in enumerate(cases)}
+        out = []
+        for p in missed:
+            j = index[p["id"]]
+            image, spacing, lesion = loaded[j]
+            out.append({"title": f"{p['id']}: {judge['path'].upper()} missed (AUROC {p['auroc']:.2f})",
+                        "image": image, "spacing": spacing, "lesion": lesion,
+                        **{k: (m[j]["pixel"], m[j]["top"]) if m else None for k, m in maps.items()}})
         return out
 
 

@@ -4,8 +4,9 @@
 
 Reads the test split of a dataset prepared from a single volume (the demo's
 ``mni152``), takes those axial slices from the source volume on its own 1 mm
-grid, inserts one lesion per slice (hyper- and hypo-intense alternately, radius
-5-16 voxels) and writes ``<name>.nii.gz`` (int16, the slice's own affine) with
+grid, inserts one lesion per slice (the lesion suite's kinds in turn: bright and
+dark, uniform and textured, rings; radius 5-16 voxels; intensities relative to the
+slice's white matter, bright ones above it) and writes ``<name>.nii.gz`` (int16, the slice's own affine) with
 ``<name>_lesion.nii.gz`` (uint8 ground truth) for each.
 """
 
@@ -23,7 +24,7 @@ from rlp.runtime.cliutil import exit_with
 from rlp.runtime.errors import BadInput
 from rlp.runtime.nifti import LESION_SUFFIX, load_nifti
 
-from .lesions import insert_lesion
+from .lesions import SUITE_KINDS, make_lesion
 
 
 def slice_affine(vol, k: int, i: int) -> np.ndarray:
@@ -74,16 +75,16 @@ def make_inputs(data_path: str, out: Path, n: int = 10, seed: int = 0) -> list[d
         i = int(slice_index[t])
         sl, _ = vol.get_slice(k, i)
         brain = sl > 0
-        hi = float(np.percentile(sl[brain], 99.5))
-        kind = "hyper" if j % 2 == 0 else "hypo"
-        les = insert_lesion(np.clip(sl / hi, 0, 1), brain, rng, kind=kind, radius_range=(5.0, 16.0))
+        hi = float(np.percentile(sl[brain], 99.5))  # int16 steps of 1/1000 of this, the template's are float
+        kind = SUITE_KINDS[j % len(SUITE_KINDS)]
+        les, rec = make_lesion(sl / hi, brain, rng, kind, float(rng.uniform(5.0, 16.0)))
         name = f"mni152_{axis}{i:03d}_{kind}"
         aff = slice_affine(vol, k, i)
-        _save(out / f"{name}.nii.gz", np.round(les.image * hi)[:, :, None], aff, np.int16)
+        _save(out / f"{name}.nii.gz", np.round(les.image * 1000)[:, :, None], aff, np.int16)
         _save(out / f"{name}{LESION_SUFFIX}.nii.gz", les.mask[:, :, None], aff, np.uint8)
         records.append({"file": f"{name}.nii.gz", "lesion": f"{name}{LESION_SUFFIX}.nii.gz", "slice": i, "axis": axis,
                         "kind": kind, "radius_voxels": round(les.radius, 2), "center_voxel": list(les.center),
-                        "lesion_voxels": int(les.mask.sum())})
+                        "lesion_voxels": int(les.mask.sum()), "recipe": rec})
     write_json(out / "slices.json", {"source": sources[0], "seed": seed, "split": "test", "slices": records})
     return records
 

@@ -123,5 +123,5 @@ def panels_png(slices: list[dict]) -> bytes | None:
                 a0, b0, a1, b1 = box
                 ax.add_patch(Rectangle((a0, b0), a1 - a0, b1 - b0, fill=False, edgecolor="cyan", linewidth=1.2))
             fig.colorbar(m, ax=ax, shrink=0.75)
-            ax.set_title(f"{key.upper()} window loss{' (predicted)' if key == 'r' else ''}", fontsize=8)
+            ax.set_title(f"{key.upper()} window score{' (predicted)' if key == 'r' else ''}", fontsize=8)
     return _png(fig)

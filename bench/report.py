@@ -13,8 +13,10 @@ change of meaning or a removal bumps ``schema_version``)::
     bundle             path, manifest_sha256, geometry {size, window, stride, context, ...},
                        windows_per_slice, models {key: {file, bytes, precision, input_kind, architecture}}
     run                {path} | null (torch rows and held-out slices come from it)
-    inputs             source ("inputs" | "demo" | "run-heldout+synthetic-lesions"), timing_slice (id),
-                       lesion [{id, file, lesion_voxels, brain_voxels, shape, spacing}], heldout [{id, index}]
+    inputs             source ("inputs" | "demo" | "suite"), timing_slice (id),
+                       lesion [{id, file, lesion_voxels, brain_voxels, shape, spacing}], heldout [{id, index}],
+                       suite {seed, lesions, healthy, source, cases [{id, set, base, split, registered, rotation_deg,
+                       shift_px, kind, polarity, radius, center, depth, site, level, size, lesion_voxels}]} | null
     environment        cpu, cores, affinity_cores, threads, loadavg_start, nice, python, platform,
                        libraries {name: version | null}, ort_providers, gpu [{name, memory, driver}]
     reference          how the exact G maps (the fidelity reference) were made: {backend, model, where} | null
@@ -46,7 +48,11 @@ A row::
     fidelity           {lesion | heldout | all: {slices, windows, mae, mae_rel, pearson, spearman,
                        top5_iou, argmax_distance_windows, per_slice [...]}} against the exact G maps | null
                        (null also for G rows off the reference backend in --quick: they make no maps)
-    localisation       {slices, auroc, auprc, best_dice, top_window_hit_rate, hits, per_slice [...]} | null
+    localisation       {slices, auroc, auprc, best_dice, top_window_hit_rate, hits, top_window_hit_rate_dilated,
+                       hits_dilated, hit_dilation, detection_auroc (lesion slices' top window scores against the
+                       healthy slices'; null without healthy slices), healthy_slices, groups {kind | polarity |
+                       registration | size | site: {name: the same figures}} (suite cases), per_slice [...],
+                       healthy_top_scores [...]} | null
     equality           exact methods other than plain (incremental): {reference_row (the plain row of the same
                        path and backend), slices, max_abs_diff (window maps), same_windows, tolerance, equal,
                        speedup_vs_reference} | null; incremental (those rows): what is recomputed per window
@@ -74,6 +80,8 @@ import math
 
 import numpy as np
 
+from scipy import ndimage
+
 from .metrics import auprc, auroc, best_dice, fidelity
 from .rows import APPROXIMATE_METHODS
 
@@ -82,6 +90,7 @@ SCHEMA_VERSION = 1
 HEADLINE_ORDER = ("trt", "ort-cuda", "ort-trt", "ort-cpu", "torch-cuda", "torch-cpu")
 FIDELITY_KEYS = ("mae", "mae_rel", "pearson", "spearman", "top5_iou", "argmax_distance_windows")
 LOCAL_KEYS = ("auroc", "auprc", "best_dice")
+HIT_DILATION = 4  # voxels: a top window overlapping the lesion grown by this much counts as a dilated hit
 MB = 1 << 20
 
 
@@ -145,22 +154,73 @@ def box_hits(box, lesion: np.ndarray) -> bool:
     return r0 <= r1 and c0 <= c1 and bool(lesion[r0 : r1 + 1, c0 : c1 + 1].any())
 
 
-def localisation_block(maps: list[dict], cases: list[dict], truth: dict) -> dict | None:
-    """Localisation metrics of one row on the cases that have a lesion mask."""
-    per = []
+def top_score(m: dict) -> float:
+    """A slice's anomaly score: its highest evaluated window score (0 when nothing was evaluated)."""
+    ev = np.asarray(m["evaluated"], bool)
+    return float(np.asarray(m["window"])[ev].max()) if ev.any() else 0.0
+
+
+#: the lesion suite's groups the report breaks localisation down by (case["suite"] keys)
+GROUPS = ("kind", "polarity", "registration", "size", "site")
+
+
+def _group_of(case: dict, key: str) -> str | None:
+    s = case.get("suite")
+    if not s:
+        return None
+    if key == "registration":
+        return "aligned" if s.get("registered", True) else "unregistered"
+    return s.get(key)
+
+
+def _local_summary(per: list[dict], negatives: list[float]) -> dict:
+    hits = sum(p["top_window_hit"] for p in per)
+    hits_d = sum(p["top_window_hit_dilated"] for p in per)
+    out = {"slices": len(per), **{k: _mean(p[k] for p in per) for k in LOCAL_KEYS},
+           "top_window_hit_rate": hits / len(per), "hits": hits,
+           "top_window_hit_rate_dilated": hits_d / len(per), "hits_dilated": hits_d, "detection_auroc": None}
+    if negatives:  # slice level: lesion slices' top scores against healthy slices'
+        pos = [p["top_score"] for p in per]
+        out["detection_auroc"] = auroc(np.r_[pos, negatives], np.r_[np.ones(len(pos), bool), np.zeros(len(negatives), bool)])
+    return out
+
+
+def localisation_block(maps: list[dict], cases: list[dict], truth: dict, dilation: int = HIT_DILATION) -> dict | None:
+    """Localisation metrics of one row on the cases that have a lesion mask, and slice-level detection
+    against the healthy cases (set ``healthy``), overall and per suite group (:data:`GROUPS`).
+
+    A top-window hit is the top window's box overlapping the lesion; the dilated hit, overlapping the
+    lesion dilated by ``dilation`` voxels (the window is a coarse pointer: a box beside the lesion's edge
+    points at it)."""
+    per, negatives = [], []
     for case, m in zip(cases, maps):
+        if case.get("set") == "healthy":
+            negatives.append(top_score(m))
+            continue
         t = truth.get(case["id"])
         if t is None:
             continue
         brain, lesion = t["brain"], t["lesion"]
         scores, labels = m["pixel"][brain], lesion[brain]
-        per.append({"id": case["id"], "auroc": auroc(scores, labels), "auprc": auprc(scores, labels),
-                    "best_dice": best_dice(scores, labels), "top_window_hit": box_hits(m["top"], lesion)})
+        grown = ndimage.binary_dilation(lesion, iterations=dilation) if dilation else lesion
+        rec = {"id": case["id"], "auroc": auroc(scores, labels), "auprc": auprc(scores, labels),
+               "best_dice": best_dice(scores, labels), "top_window_hit": box_hits(m["top"], lesion),
+               "top_window_hit_dilated": box_hits(m["top"], grown), "top_score": top_score(m)}
+        rec.update({g: v for g in GROUPS if (v := _group_of(case, g)) is not None})
+        per.append(rec)
     if not per:
         return None
-    hits = sum(p["top_window_hit"] for p in per)
-    return {"slices": len(per), **{k: _mean(p[k] for p in per) for k in LOCAL_KEYS},
-            "top_window_hit_rate": hits / len(per), "hits": hits, "per_slice": per}
+    out = {**_local_summary(per, negatives), "healthy_slices": len(negatives), "hit_dilation": dilation}
+    groups = {}
+    for g in GROUPS:
+        names = sorted({p[g] for p in per if g in p})
+        if names:
+            groups[g] = {n: _local_summary([p for p in per if p.get(g) == n], negatives) for n in names}
+    if groups:
+        out["groups"] = groups
+    out["per_slice"] = per
+    out["healthy_top_scores"] = negatives
+    return out
 
 
 def latency_label(latency: dict | None) -> str:
@@ -244,7 +304,7 @@ def _ratio(a, b):
 
 
 def _no_per_slice(block):
-    return None if block is None else {k: v for k, v in block.items() if k != "per_slice"}
+    return None if block is None else {k: v for k, v in block.items() if k not in ("per_slice", "healthy_top_scores")}
 
 
 # --------------------------------------------------------------------------- text
@@ -304,7 +364,11 @@ def headline_lines(report: dict) -> list[str]:
         if loc:
             lines.append(f"Localisation, {p.upper()} path ({_n(loc['slices'], 'slice')} with inserted lesions): pixel AUROC "
                          f"{_f(loc['auroc'], '.3f')}, AUPRC {_f(loc['auprc'], '.3f')}, best Dice {_f(loc['best_dice'], '.3f')}, "
-                         f"top window in the lesion {loc['hits']}/{loc['slices']}.")
+                         f"top window in the lesion {loc['hits']}/{loc['slices']} "
+                         f"({loc.get('hits_dilated', '–')}/{loc['slices']} within {loc.get('hit_dilation', 0)} voxels)"
+                         + (f", slice detection AUROC {_f(loc['detection_auroc'], '.3f')} against "
+                            f"{_n(loc['healthy_slices'], 'healthy slice')}" if loc.get("detection_auroc") is not None else "")
+                         + ".")
     return lines + exact
 
 
@@ -394,11 +458,26 @@ def markdown(report: dict) -> str:
     else:
         L.append("No exact G reference (the bundle has no G model, or onnxruntime's CPU provider is missing).")
     L += ["", "## Localisation", "",
-          "Pixel maps on each slice's own grid against its lesion mask, brain voxels only.", ""]
-    L.append(_table(["row", "slices", "AUROC", "AUPRC", "best Dice", "top window in lesion"],
+          "Pixel maps on each slice's own grid against its lesion mask, brain voxels only (means over slices). "
+          "Top window: the highest-scoring window's box overlaps the lesion, or the lesion dilated by "
+          f"{HIT_DILATION} voxels. Detection: AUROC of the slices' top window scores, lesion slices against "
+          "healthy ones.", ""]
+    locs = [(r, loc) for r in ok if (loc := r.get("localisation"))]
+    L.append(_table(["row", "slices", "AUROC", "AUPRC", "best Dice", "top window in lesion",
+                     f"in lesion + {HIT_DILATION}", "detection AUROC"],
                     [[r["name"], str(loc["slices"]), _f(loc["auroc"], ".3f"), _f(loc["auprc"], ".3f"),
-                      _f(loc["best_dice"], ".3f"), f"{loc['hits']}/{loc['slices']}"]
-                     for r in ok if (loc := r.get("localisation"))]))
+                      _f(loc["best_dice"], ".3f"), f"{loc['hits']}/{loc['slices']}",
+                      f"{loc.get('hits_dilated', '–')}/{loc['slices']}", _f(loc.get("detection_auroc"), ".3f")]
+                     for r, loc in locs]))
+    for g in GROUPS:
+        lines = [[r["name"], name, str(x["slices"]), _f(x["auroc"], ".3f"), _f(x["auprc"], ".3f"),
+                  _f(x["best_dice"], ".3f"), f"{x['hits']}/{x['slices']}", f"{x['hits_dilated']}/{x['slices']}",
+                  _f(x.get("detection_auroc"), ".3f")]
+                 for r, loc in locs for name, x in (loc.get("groups") or {}).get(g, {}).items()]
+        if lines:
+            L += ["", f"By {g}:", ""]
+            L.append(_table(["row", g, "slices", "AUROC", "AUPRC", "best Dice", "top window in lesion",
+                             f"in lesion + {HIT_DILATION}", "detection AUROC"], lines))
     bad = [r for r in rows if r.get("status") != "ok"]
     if bad or report["skipped"]:
         L += ["", "## Rows that did not run", ""]
@@ -408,8 +487,14 @@ def markdown(report: dict) -> str:
     L += ["", "## Inputs", "",
           f"Source: {inp['source']}; {_n(len(inp['lesion']), 'slice')} with lesions"
           + (f", {_n(len(inp['heldout']), 'held-out slice')} without" if inp["heldout"] else "") + ".", ""]
-    L += [f"- `{c['id']}`: {c.get('file') or 'array'}, shape {c['shape']}, lesion {c['lesion_voxels']} voxels"
-          for c in inp["lesion"]]
+    if inp.get("suite"):
+        s = inp["suite"]
+        L += [f"Lesion suite (seed {s['seed']}): {s['lesions']} lesion slices and {s['healthy']} healthy ones built "
+              f"from the run's held-out slices ({s['source']}); the recipe of each slice is in report.json "
+              "(inputs.suite.cases).", ""]
+    else:
+        L += [f"- `{c['id']}`: {c.get('file') or 'array'}, shape {c['shape']}, lesion {c['lesion_voxels']} voxels"
+              for c in inp["lesion"]]
     L += ["", "## Bundle", "",
           f"`{b['path']}` (manifest sha256 {b['manifest_sha256'][:12]}...). Geometry: {geo['size']}x{geo['size']}, "
           f"window {geo['window']}, stride {geo['stride']}, context {geo.get('context')}: {b['windows_per_slice']} "
@@ -437,11 +522,12 @@ def terminal_table(report: dict):
     from rich.table import Table
 
     t = Table(title=f"rlp-bench ({report['mode']}): heatmap of one slice", title_justify="left")
-    for col in ("row", "median s", "p95 s", "win/s", "x G", "peak RSS MB", "MAE %G", "Spearman", "AUROC", "hits"):
+    for col in ("row", "median s", "p95 s", "win/s", "x G", "peak RSS MB", "MAE %G", "Spearman", "AUROC", "hits",
+                f"hits+{HIT_DILATION}", "detect"):
         t.add_column(col, justify="left" if col == "row" else "right")
     for r in report["rows"]:
         if r.get("status") != "ok":
-            t.add_row(r["name"], f"[red]{r['status']}[/red]", *[""] * 8)
+            t.add_row(r["name"], f"[red]{r['status']}[/red]", *[""] * 10)
             continue
         fid = (r.get("fidelity") or {}).get("all") or {}
         loc = r.get("localisation") or {}
@@ -449,7 +535,9 @@ def terminal_table(report: dict):
                   _f(r["speedup"]["vs_g_same_backend"], ".2f"), _mb(r["memory"].get("peak_rss_bytes")),
                   _f(100 * fid["mae_rel"] if fid.get("mae_rel") is not None else None, ".2f"),
                   _f(fid.get("spearman"), ".3f"), _f(loc.get("auroc"), ".3f"),
-                  f"{loc['hits']}/{loc['slices']}" if loc else "–")
+                  f"{loc['hits']}/{loc['slices']}" if loc else "–",
+                  f"{loc['hits_dilated']}/{loc['slices']}" if loc.get("hits_dilated") is not None else "–",
+                  _f(loc.get("detection_auroc"), ".3f"))
     labels = sorted({r["latency_label"] for r in report["rows"] if r.get("status") == "ok" and r["latency"].get("extrapolated")})
     if labels:
         t.caption = "* " + "; ".join(labels)

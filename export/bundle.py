@@ -24,6 +24,7 @@ import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
 from rlp.runtime.atomic import atomic_dir, write_json
+from rlp.runtime.geometry import SCORES
 from rlp.runtime.errors import EX_SOFTWARE, CannotCreate, RlpError
 from rlp.runtime.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
                                   model_path, sha256_file)
@@ -95,11 +96,18 @@ def _metadata(run: Run, model: RunModel, key: str, precision: str, kind: str, in
         "rlp.input_kind": kind,
         "rlp.geometry": run.geometry.to_dict(),
         "rlp.preprocessing": run.preprocessing.to_dict(),
-        "rlp.loss": {"kind": "l1", "region": run.loss_region},
+        "rlp.loss": {"kind": run.score, "region": run.loss_region},
         "rlp.target_transform": run.target_transform if model.role == "r" else "identity",
         "rlp.architecture": model.arch,
         "rlp.export": info,
     }
+
+
+def _loss(run: Run) -> dict:
+    """The manifest's score definition: what G's path computes and what the predictors learned."""
+    where = "inside the window box" if run.loss_region == "window" else "over the whole model input"
+    return {"kind": run.score, "region": run.loss_region, "definition": f"{SCORES[run.score]}, {where}",
+            "alternatives": sorted(run.g_scores)}
 
 
 def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, reporter: Reporter) -> tuple[dict, dict]:
@@ -108,6 +116,8 @@ def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, 
     in_name, out_name, out_tail = IO[model.role]
     if kind == "dense":
         out_tail = [1, *run.geometry.grid_shape]
+    if model.role == "g":  # a reconstruction, or a Laplace G's mean and scale
+        out_tail = [2 if model.arch.get("output") == "laplace" else 1, side, side]
     with reporter.step(f"export {model.key}: ONNX opset {opts.opset}"):
         prepared, info = onnx_export.prepare_for_export(model.module)
         example = torch.rand(2, 1, side, side, generator=torch.Generator().manual_seed(0))
@@ -161,7 +171,7 @@ def export_bundle(run_path: str | os.PathLike, opts: ExportOptions, reporter: Re
     with reporter.step(f"read run {run_path}"):
         run = load_run(run_path, opts.models)
     gate = ParityGate(run.geometry, run.images, run.brains, slices=opts.parity_slices, windows=opts.parity_windows,
-                      map_windows=opts.map_windows, tolerances=opts.tolerances, reporter=reporter)
+                      map_windows=opts.map_windows, tolerances=opts.tolerances, reporter=reporter, score=run.score)
     with atomic_dir(out, force=opts.force) as tmp:
         models, graphs = {}, {}
         for model in run.models.values():
@@ -178,9 +188,7 @@ def export_bundle(run_path: str | os.PathLike, opts: ExportOptions, reporter: Re
             preprocessing=run.preprocessing,
             geometry=run.geometry,
             models=models,
-            loss={"kind": "l1", "region": run.loss_region,
-                  "definition": "mean absolute difference between G's reconstruction and the original pixels "
-                                + ("inside the window box" if run.loss_region == "window" else "over the whole model input")},
+            loss=_loss(run),
             training=_plain({"config": run.config, "checkpoints": _checkpoint_info(run)}),
             data=_plain(run.provenance),
             parity={
@@ -252,4 +260,6 @@ def _build_engines(trt_env, models: dict, folder: Path, out: Path, reporter: Rep
             engines.append(builder.build(folder / entry.file, folder / engine_file(key, trt_env), model_key=key,
                                          input_name=entry.inputs[0].name, side=int(entry.inputs[0].shape[-1]),
                                          precision=entry.precision))
+    for note in builder.notes:  # e.g. a stale timing cache replaced by a fresh one
+        reporter.line(f"note: {note}")
     return engines

@@ -193,10 +193,11 @@ class ParityGate:
 
     def __init__(self, geometry: WindowGeometry, images: np.ndarray, brains: np.ndarray, *, slices: int = 4,
                  windows: int = 32, map_windows: int = 4096, tolerances: Tolerances | None = None,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, score: str = "l1"):
         if slices < 1 or windows < 1 or map_windows < 1:
             raise ValueError("parity slices, windows and map windows must be >= 1")
         self.geometry = geometry
+        self.score = score  # G's window score (the bundle's), what G's rows compare
         self.images = images
         self.brains = brains
         self.tol = tolerances or Tolerances()
@@ -271,7 +272,7 @@ class ParityGate:
                     for name, run in runners.items():
                         y = np.asarray(run(x), dtype=np.float32)
                         if role == "g":  # the box where this model's input has it (crop centre, or in place)
-                            scores = self.geometry.for_input(kind).box_l1(y, target, boxes)
+                            scores = self.geometry.for_input(kind).box_score(y, target, boxes, self.score)
                         else:
                             scores = y.reshape(len(x), -1)[:, 0].astype(np.float64)
                         if keep_outputs:

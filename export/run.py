@@ -28,7 +28,7 @@ from rlp.runtime.geometry import WindowGeometry
 from rlp.runtime.manifest import path_role, sha256_file
 from rlp.runtime.preprocess import Preprocessing
 from rlp.train.checkpoint import load_checkpoint
-from rlp.train.models import build
+from rlp.train.models import ScaledOutput, build, target_scale
 
 CONFIG = "config.json"
 HELDOUT = "heldout.npz"
@@ -87,12 +87,14 @@ class Run:
     geometry: WindowGeometry
     preprocessing: Preprocessing
     models: dict[str, RunModel]
-    images: np.ndarray  # (N, S, S) float32 in [0, 1]
+    images: np.ndarray  # (N, S, S) float32 in [0, preprocessing.ceiling]
     brains: np.ndarray  # (N, S, S) bool
     heldout_sha256: str
     provenance: dict = field(default_factory=dict)
     loss_region: str = "window"  # the L1 region R predicts: "window" (default) or "image" (the paper's)
     target_transform: str = "identity"  # how R's output maps to an L1 loss
+    score: str = "l1"  # the window score (geometry.SCORES): what G's path computes and the predictors learned
+    g_scores: tuple[str, ...] = ("l1",)  # every score G's output allows
 
 
 def _predictor_setting(config: dict, key: str):
@@ -114,7 +116,7 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _read_heldout(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_heldout(path: Path, size: int, ceiling: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise InputMissing("held-out slices not found (the parity gate runs on them)", path)
     try:
@@ -134,8 +136,9 @@ def _read_heldout(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     images = images.astype(np.float32, copy=False)
     if not np.isfinite(images).all():
         raise BadInput("images hold non-finite values", path)
-    if images.min() < 0 or images.max() > 1:
-        raise BadInput(f"images range over [{images.min():.3g}, {images.max():.3g}], expected preprocessed values in [0, 1]", path)
+    if images.min() < 0 or images.max() > ceiling:
+        raise BadInput(f"images range over [{images.min():.3g}, {images.max():.3g}], expected preprocessed values "
+                       f"in [0, {ceiling:g}]", path)
     brains = brains.astype(bool, copy=False)
     if not brains.any():
         raise BadInput("no held-out slice has any brain pixel", path)
@@ -204,7 +207,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
     if preprocessing.size != geometry.size:
         raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}", loaded[first].checkpoint)
     _check_inputs(loaded, geometry)
-    images, brains = _read_heldout(path / HELDOUT, geometry.size)
+    images, brains = _read_heldout(path / HELDOUT, geometry.size, preprocessing.ceiling)
+    g_scores, score = _scores(loaded, path)
     provenance = next((m.state.get("data") for m in loaded.values() if m.state.get("data")), {}) or {}
     region = _predictor_setting(config, "target") or "window"
     if region not in LOSS_REGIONS:
@@ -212,7 +216,32 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
     r = loaded.get("r")
     transform = (r.state.get("target_transform") if r else None) or _predictor_setting(config, "target_transform")
     return Run(path, config, geometry, preprocessing, loaded, images, brains, sha256_file(path / HELDOUT),
-               dict(provenance), str(region), str(transform or "identity"))
+               dict(provenance), str(region), str(transform or "identity"), score, g_scores)
+
+
+def _scores(models: dict[str, RunModel], path: Path) -> tuple[tuple[str, ...], str]:
+    """The scores G allows and the run's score: the one its predictors learned (all the same), else G's best.
+
+    A crop or paper predictor (sigmoid) learned the z score divided by its target scale: it is wrapped so
+    that the exported model gives the score itself."""
+    g = models.get("g")
+    laplace = (g.arch if g else {}).get("output") == "laplace"
+    if g is None:  # predictors alone: G's output is not known here, their score is
+        laplace = any(m.state.get("score") == "z" for m in models.values())
+    g_scores = ("l1", "z") if laplace else ("l1",)
+    learned = {m.state.get("score") or "l1" for m in models.values() if m.role == "r"}
+    if len(learned) > 1:
+        raise BadInput(f"the run's predictors learned different window scores ({', '.join(sorted(learned))}); "
+                       "export them from separate runs or retrain one", path)
+    score = learned.pop() if learned else ("z" if laplace else "l1")
+    if score not in g_scores:
+        raise BadInput(f"the predictors learned the {score} score, which this run's G cannot compute", path)
+    for m in models.values():
+        scale = target_scale(score)
+        if m.role == "r" and m.arch.get("kind") in ("crop", "paper") and scale != 1.0:
+            m.module = ScaledOutput(m.module, scale).eval()
+            m.arch = m.module.arch
+    return g_scores, score
 
 
 def _check_inputs(models: dict[str, RunModel], geometry: WindowGeometry) -> None:

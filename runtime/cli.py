@@ -16,16 +16,17 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import OutputExists, atomic_set
 from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
 from .cliutil import OneLineParser, UsageError, int_at_least, run_main
 from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
+from .geometry import SCORES
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, default_bundle, demo_slices)
 from .manifest import path_role
-from .nifti import AXES, LESION_SUFFIX, load_nifti, nifti_stem, save_like
+from .nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
 from .progress import progress
 
@@ -42,8 +43,10 @@ outputs (in --out, per input <stem>):
                           for volumes), 0 where a window was skipped
 
 existing outputs are never overwritten without --force: an input whose outputs exist fails
-(exit 73) and the other inputs still run. All files are written atomically; an input that
-fails (or Ctrl-C) leaves none of its outputs behind.
+(exit 73) and the other inputs still run; inputs are never overwritten, even with --force.
+All files are written atomically; an input that fails (or Ctrl-C) leaves none of its outputs
+behind. Runs sharing one --out publish each output set under a lock (--out/.<stem>.lock):
+every set is complete and from one run.
 
 non-finite voxels (NaN/Inf): refused by default (the bundle's preprocessing policy);
 --nonfinite zero replaces them with 0 (background) and warns. Slices with no brain tissue,
@@ -86,7 +89,9 @@ def _coarse(args) -> CoarseToFine | None:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
                 description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
-                            "R predicts each window's reconstruction loss (fast); G computes it (exact, slow).")
+                            "R predicts each window's score (fast); G computes it (exact, slow): by default how far G's "
+                            "reconstruction of the box is from the tissue in units of the error G expects there on "
+                            "healthy tissue (|x - mu| / b), or the paper's raw L1 (--score l1, path g).")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume; none: the demo slices that ship "
                         "with rlp (held-out MNI152 slices with synthetic lesions), with a table of top-window hits")
@@ -108,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"estimates (default {CoarseToFine.refine})")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
                    help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
+    p.add_argument("--score", choices=tuple(SCORES), default=None,
+                   help="the G path's window score (default: the bundle's, normally z: |x - mu| / b, G's error in "
+                        "units of the error it expects on healthy tissue there); l1: the paper's raw L1 (--path g only)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: the bundle's fp16 models on GPU backends, fp32 on the CPU")
     p.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH, help=f"windows per model call (default {DEFAULT_BATCH})")
@@ -190,40 +198,58 @@ def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs
     return out
 
 
-def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool) -> None:
-    """Write every output of one input, all or nothing (temporary files first, then renamed)."""
-    before = {k: _ident(p) for k, p in outputs.items()}
+def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool,
+                   inp: str, lock: Path) -> None:
+    """Write every output of one input, all or nothing, from this process only.
+
+    Temporary files first; then, holding the output set's lock (``lock``: one per stem, so that
+    two runs into one folder publish one after the other), the existence check (without
+    ``force``) and the renames. A failure removes only what this process wrote.
+    """
     try:
-        with contextlib.ExitStack() as stack:
-            temps: list[Path] = []
-
-            def temp(key: str, suffix: str) -> Path:
-                temps.append(stack.enter_context(atomic_path(outputs[key], force=force, suffix=suffix)))
-                return temps[-1]
-
-            save_like(temp("heatmap", ".nii.gz"), res.heatmap, res.volume, force=True)
-            temp("overlay", ".png").write_bytes(png)
+        with atomic_set(outputs, force=force, lock=lock) as staged:
+            save_like(staged.path("heatmap"), res.heatmap, res.volume, force=True)
+            staged.path("overlay").write_bytes(png)
             if "windows" in outputs:
                 maps = res.window_maps
-                with open(temp("windows", ".npy"), "wb") as fh:
+                with open(staged.path("windows"), "wb") as fh:
                     np.save(fh, maps if len(res.results) > 1 else maps[0], allow_pickle=False)
-            temp("summary", ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    except BaseException:
-        # A failure while the files were being moved into place: remove the ones already moved.
-        for k, p in outputs.items():
-            now = _ident(p)
-            if now is not None and now != before[k]:
-                p.unlink(missing_ok=True)
-        raise
+            staged.path("summary").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OutputExists as exc:  # made meanwhile by another process: reported as any existing output, left alone
+        raise CannotCreate(f"output {exc.path} exists; pass --force to overwrite", inp) from None
 
 
-def _ident(p: Path):
-    try:
-        st = p.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _identities(path: str | os.PathLike) -> set:
+    """Ways to recognise a file: its absolute name, its resolved name, its device and inode."""
+    keys = {("name", os.path.abspath(path))}
+    with contextlib.suppress(OSError, ValueError):
+        keys.add(("name", os.path.realpath(path)))
+        st = os.stat(path)
+        keys.add(("inode", st.st_dev, st.st_ino))
+    return keys
 
+
+def _input_files(inputs: Sequence[str]) -> dict:
+    """Every identity of every input -> that input (outputs must never land on one)."""
+    return {key: inp for inp in inputs for key in _identities(inp)}
+
+
+def _overwrites_input(outputs: dict[str, Path], inputs: dict) -> tuple[Path, str] | None:
+    for p in outputs.values():
+        for key in _identities(p):
+            if key in inputs:
+                return p, inputs[key]
+    return None
+
+
+def _heatmap_input(inp: str, res: VolumeHeatmap) -> str | None:
+    """Why ``inp`` looks like an rlp heatmap (its name, or the description rlp writes), or None."""
+    if nifti_stem(inp).endswith("_heatmap"):
+        return "its name ends in _heatmap"
+    with contextlib.suppress(Exception):
+        if np.asarray(res.volume.header["descrip"]).tobytes().startswith(HEATMAP_DESCRIP):
+            return f"its header says {HEATMAP_DESCRIP.decode()!r}"
+    return None
 
 @contextlib.contextmanager
 def _progress(quiet: bool):
@@ -239,12 +265,16 @@ def _progress(quiet: bool):
 
 # --------------------------------------------------------------------------- main
 def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, seen: dict[str, str],
-             progress, label: str) -> dict:
+             progress, label: str, inputs: dict | None = None) -> dict:
     stem = nifti_stem(inp)
     outputs = _outputs(out_dir, stem, args.save_window_map)
     if stem in seen:
         raise CannotCreate(f"its outputs would overwrite those of {seen[stem]} (same name {stem!r}); rename one", inp)
-    if not args.force:
+    clash = _overwrites_input(outputs, _input_files([inp]) if inputs is None else inputs)
+    if clash:
+        raise CannotCreate(f"its output {clash[0]} would overwrite the input {clash[1]}; inputs are never "
+                           "overwritten, even with --force (choose another --out)", inp)
+    if not args.force:  # a quick check before the work; the one that counts is made under the lock when writing
         for p in outputs.values():
             if p.exists():
                 raise CannotCreate(f"output {p} exists; pass --force to overwrite", inp)
@@ -266,13 +296,18 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
             progress.remove_task(task)
     t1 = time.perf_counter()
     name = Path(inp).name
-    what = "window L1 loss (G)" if args.path == "g" else f"predicted window L1 loss ({args.path.upper()})"
+    score = {"z": "window z score |x - mu| / b", "l1": "window L1 loss"}.get(res.score, f"window {res.score} score")
+    what = f"{score} (G)" if args.path == "g" else f"predicted {score} ({args.path.upper()})"
     png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=what,
                  with_input=len(res.results) == 1)
     summary = _summary(res, bundle, backend, args, outputs)
     summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-    _write_outputs(outputs, res, png, summary, args.force)
+    why = _heatmap_input(inp, res)
+    if why:
+        summary["warnings"].append(f"this looks like an rlp heatmap ({why}), not an MRI: a heatmap of a heatmap; "
+                                   "leave earlier outputs out of the inputs")
+    _write_outputs(outputs, res, png, summary, args.force, inp, out_dir / f".{stem}.lock")
     seen[stem] = inp
     return summary
 
@@ -310,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args) -> int:
     bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
-                         precision=args.precision)
+                         precision=args.precision, score=args.score)
     backend = bundle.backend(args.path)
     _coarse(args)  # usage errors before any work
     bundle.check_method(args.path, args.method)  # a usage error for a model it cannot serve; notes join the backend's
@@ -330,10 +365,11 @@ def _run(args) -> int:
     first_failure = EX_OK
     reports: list[dict] = []
     seen: dict[str, str] = {}
+    inputs = _input_files(args.inputs)
     with bundle, _progress(args.quiet) as progress:
         for n, inp in enumerate(args.inputs, 1):
             label = f"[{n}/{len(args.inputs)}] {Path(inp).name}"
-            report, code = _attempt(inp, args, bundle, backend, out_dir, seen, progress, label)
+            report, code = _attempt(inp, args, bundle, backend, out_dir, seen, progress, label, inputs)
             reports.append(report)
             first_failure = first_failure or code
             if code == EX_OK and not args.quiet:
@@ -368,7 +404,7 @@ def _demo_table(args) -> None:
         hit = top is not None and window_hits(load_nifti(mask_file), top)
         hits += hit
         n += 1
-        t.add_row(Path(inp).name, "hyper" if "hyper" in inp else "hypo" if "hypo" in inp else "?",
+        t.add_row(Path(inp).name, nifti_stem(inp).rsplit("_", 1)[-1],  # the demo names end in the lesion's kind
                   f"{rep['max_score']:.4g}", "-" if top is None else str([round(v) for v in top["voxel"]]),
                   "yes" if hit else "no")
     if n:

@@ -23,6 +23,10 @@ from .errors import BadInput
 
 
 PAINT = ("box", "tissue")
+#: G's window scores (a bundle's manifest names its own in ``loss.kind``): the paper's L1 of the
+#: reconstruction, or a Laplace G's calibrated error |x - mu| / b (both means over the box)
+SCORES = {"l1": "mean over the window of |x - mu|",
+          "z": "mean over the window of |x - mu| / b (G's Laplace mean mu and scale b)"}
 
 
 def window_positions(size: int, window: int, stride: int) -> np.ndarray:
@@ -176,16 +180,36 @@ class WindowGeometry:
         them, or (paint "tissue") those above 0."""
         return (box > 0) | (self.paint == "box")
 
-    def box_l1(self, recon: np.ndarray, target: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Mean absolute error inside the box for each of N reconstructions."""
+    def box_score(self, recon: np.ndarray, target: np.ndarray, boxes: np.ndarray, score: str = "l1") -> np.ndarray:
+        """G's window score inside the box for each of N reconstructions (:data:`SCORES`).
+
+        ``recon`` is G's output, (N, 1, S, S) (a reconstruction) or (N, 2, S, S)
+        (a Laplace G: the mean ``mu`` and the scale ``b > 0`` of each pixel).
+        ``"l1"`` is the paper's mean |x - mu| over the box; ``"z"`` the mean of
+        |x - mu| / b, the error in units of the error G expects there on healthy
+        tissue.
+        """
+        if score not in SCORES:
+            raise ValueError(f"unknown window score {score!r}; known: {', '.join(SCORES)}")
+        recon = np.asarray(recon)
+        if score == "z" and (recon.ndim != 4 or recon.shape[1] != 2):
+            raise ValueError(f"the z score needs G's mean and scale (N, 2, S, S), got {recon.shape}")
         boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
         w = self.window
         out = np.empty(len(boxes), dtype=np.float64)
         for k, (r, c) in enumerate(boxes):
             br, bc = self.box_in_input(r, c)
-            d = recon[k, ..., br : br + w, bc : bc + w].astype(np.float64) - target[k, ..., br : br + w, bc : bc + w]
-            out[k] = np.abs(d).mean()
+            sl = (slice(br, br + w), slice(bc, bc + w))
+            mu = recon[k, 0][sl] if recon.ndim == 4 else recon[k][..., sl[0], sl[1]]
+            d = np.abs(mu.astype(np.float64) - np.asarray(target[k])[..., sl[0], sl[1]])
+            if score == "z":
+                d = d / recon[k, 1][sl].astype(np.float64)
+            out[k] = d.mean()
         return out
+
+    def box_l1(self, recon: np.ndarray, target: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Mean absolute error inside the box for each of N reconstructions (G's mean, channel 0)."""
+        return self.box_score(recon, target, boxes, "l1")
 
     # ---------------------------------------------------------------- maps
     def pixel_map(self, window_map: np.ndarray, evaluated: np.ndarray | None = None) -> np.ndarray:

@@ -18,8 +18,12 @@ One slice (the contracts live in :mod:`.preprocess` and :mod:`.geometry`):
 2. windows holding no brain tissue are skipped (score 0) unless ``all_windows``;
 3. each evaluated window's box is painted with ``geometry.fill`` in the model
    input (a context crop, or the whole slice), in batches:
-   path ``r``: score = R's predicted window loss; path ``g``: score = the L1 loss
-   inside the box between G's reconstruction and the original pixels;
+   path ``g``: G reconstructs the box, and the window's score is the bundle's
+   (``manifest.loss.kind``): ``z``, the mean over the box of |x - mu| / b (a Laplace G
+   predicts a mean ``mu`` and a scale ``b`` per pixel: the error in units of the error G
+   expects there on healthy tissue), or ``l1``, the paper's mean |x - mu| (reachable
+   on a z bundle's G path with ``score="l1"``); path ``r``: R's prediction of the
+   bundle's score;
 4. the window map becomes a pixel map (each pixel the mean of the evaluated
    windows covering it) and goes back on the input grid with the exact inverse
    of the resampling.
@@ -43,7 +47,7 @@ from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_b
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine, coarse_to_fine
 from .errors import EX_USAGE, BadInput, InputMissing, RlpError
-from .geometry import WindowGeometry, iter_batches
+from .geometry import SCORES, WindowGeometry, iter_batches
 from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
                        path_role, sha256_file)
 from .nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
@@ -89,13 +93,13 @@ def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> W
 
 def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                   predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
-                  on_batch: Callable[[int], None] | None = None, dense: bool = False) -> np.ndarray:
+                  on_batch: Callable[[int], None] | None = None, dense: bool = False, score: str = "l1") -> np.ndarray:
     """Scores of the windows at ``boxes`` (top-left rows, cols) of one model-grid slice.
 
     ``predict`` maps a float32 batch (B, 1, S, S) of inpainted model inputs to
-    R's predicted losses (B, 1) (a predictor path, ``"r"`` or ``"r-NAME"``) or
-    to G's reconstructions (B, 1, S, S) (path ``"g"``, scored by
-    ``geometry.box_l1`` against the original pixels). With ``dense`` (a dense
+    R's predicted scores (B, 1) (a predictor path, ``"r"`` or ``"r-NAME"``) or
+    to G's output (B, 1 or 2, S, S) (path ``"g"``, scored by
+    ``geometry.box_score(..., score)`` against the original pixels). With ``dense`` (a dense
     predictor) ``predict`` gets the slice itself once, (1, 1, S, S), and
     returns the window map (1, 1, rows, cols) that the scores are read from.
     """
@@ -122,7 +126,7 @@ def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray
         if role == "r":
             out[sl] = np.asarray(y, dtype=np.float64).reshape(len(b), -1)[:, 0]
         else:
-            out[sl] = geometry.box_l1(np.asarray(y), geometry.crops(padded, b, inpaint=False), b)
+            out[sl] = geometry.box_score(np.asarray(y), geometry.crops(padded, b, inpaint=False), b, score)
         if on_batch is not None:
             on_batch(len(b))
     return out
@@ -191,6 +195,7 @@ class VolumeHeatmap:
     timings: dict[str, float]
     warnings: list[str]
     canonical_heatmap: np.ndarray  # same values on the canonical grid of volume.data
+    score: str = "l1"  # the window score the values are (geometry.SCORES)
 
     @property
     def axis_name(self) -> str:
@@ -214,6 +219,7 @@ class VolumeHeatmap:
             "input": str(v.path),
             "shape": list(v.file_shape),
             "path": self.path,
+            "score": self.score,
             "axis": self.axis_name,
             "file_axis": file_axis,
             "slices": {"processed": len(self.slices), "total": int(v.data.shape[self.axis]),
@@ -235,9 +241,12 @@ class Bundle:
     """A verified bundle and its backends (created on first use, once per path)."""
 
     def __init__(self, root: Path, manifest: Manifest, manifest_sha256: str, *, backend: str = "auto",
-                 threads: int | None = None, batch: int = DEFAULT_BATCH, precision: str = "auto"):
+                 threads: int | None = None, batch: int = DEFAULT_BATCH, precision: str = "auto",
+                 score: str | None = None):
         if precision not in PRECISIONS:
             raise RlpError(f"precision must be one of {', '.join(PRECISIONS)}", code=EX_USAGE)
+        if score is not None and score not in SCORES:
+            raise RlpError(f"score must be one of {', '.join(SCORES)}, got {score!r}", code=EX_USAGE)
         if int(batch) < 1:
             raise RlpError("batch must be at least 1", code=EX_USAGE)
         if threads is not None and int(threads) < 1:
@@ -249,6 +258,9 @@ class Bundle:
         self.threads = threads
         self.batch = int(batch)
         self.precision = precision
+        #: the bundle's window score (what its predictors learned), and the one the G path computes
+        self.bundle_score = manifest.loss.get("kind", "l1")
+        self.score = score or self.bundle_score
         self._checked: dict[str, CheckedModel] = {}
         self._backends: dict[str, Backend] = {}
         self._incremental: dict = {}  # path -> .incremental.IncrementalScorer
@@ -263,7 +275,8 @@ class Bundle:
         ``path`` defaults to the embedded demo bundle when there is one. Options:
         ``backend`` (auto, ort-cpu, ort-cuda, ort-trt, trt), ``threads``,
         ``batch``, ``precision`` (auto: fp16 models on GPU backends when the
-        bundle has them).
+        bundle has them), ``score`` (the G path's window score: the bundle's by
+        default; ``"l1"`` gives the paper's raw L1 from a Laplace G).
         """
         root = Path(path) if path is not None else default_bundle()
         if root is None:
@@ -305,8 +318,9 @@ class Bundle:
             s = model_geometry(self.manifest.geometry, entry, self.root).input_size
             model = check_model(self.root, key, entry)
             want_in = (None, 1, s, s)
-            if role == "g":
-                want_out = want_in
+            if role == "g":  # a reconstruction, or a Laplace G's mean and scale (what a z score needs)
+                channels = model.output.shape[1] if len(model.output.shape) == 4 else None
+                want_out = (None, 2 if self.bundle_score == "z" else channels if channels in (1, 2) else 1, s, s)
             elif entry.input_kind == "dense":
                 want_out = (None, 1) + self.manifest.geometry.grid_shape
             else:
@@ -373,7 +387,15 @@ class Bundle:
         return self._heatmap_prepared(prep, path, all_windows, top_k, time.perf_counter() - t0, method, coarse)
 
     def check_method(self, path: str, method: str) -> None:
-        """A usage error now, even for an empty slice, for a method the path's model cannot serve."""
+        """A usage error now, even for an empty slice, for a method or score the path's model cannot serve."""
+        if self.score != self.bundle_score and path != "g":
+            raise RlpError(f"path {path} predicts this bundle's {self.bundle_score} score; score {self.score} "
+                           "is computed on the G path only (--path g)", code=EX_USAGE)
+        alts = self.manifest.loss.get("alternatives")
+        allowed = [a for a in alts if isinstance(a, str)] if isinstance(alts, list) and alts else [self.bundle_score]
+        if self.score not in allowed:
+            raise RlpError(f"this bundle's G allows the {', '.join(allowed)} score(s), not {self.score} (the z score "
+                           "needs a G that predicts a scale)", code=EX_USAGE)
         if method not in METHODS:
             raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
         if method == "incremental":
@@ -414,11 +436,12 @@ class Bundle:
             if method == COARSE:
                 settings = coarse or CoarseToFine()
                 full, scored = coarse_to_fine(ev, geom.positions, lambda m: run(
-                    prep.image, mgeom, geom.window_boxes()[m.ravel()], predict, path=path, batch=bs), settings)
+                    prep.image, mgeom, geom.window_boxes()[m.ravel()], predict, path=path, batch=bs, score=self.score),
+                    settings)
                 wm[ev] = full[ev]
                 approximate = {**settings.describe(), "scored": int(scored.sum()), "evaluated": int(ev.sum())}
             else:
-                wm[ev] = run(prep.image, mgeom, boxes, predict, path=path, batch=bs, dense=dense)
+                wm[ev] = run(prep.image, mgeom, boxes, predict, path=path, batch=bs, dense=dense, score=self.score)
                 scored = ev
             model_s = float(sum(backend.latencies[n0:]))
         t1 = time.perf_counter()
@@ -504,7 +527,7 @@ class Bundle:
                                                                           "postprocess_s")}
         timings["total_s"] = time.perf_counter() - t_start
         return VolumeHeatmap(volume.to_file_grid(heat), volume, k, indices, results, top, path, timings,
-                             warnings, heat)
+                             warnings, heat, self.score)
 
     def heatmap_nifti(self, file: str | Path, **options) -> VolumeHeatmap:
         """:meth:`heatmap_volume` of a NIfTI file (2D, 3D, or 4D with one volume), checked on load."""

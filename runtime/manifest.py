@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, SecurityRefusal
-from .geometry import WindowGeometry
-from .preprocess import Preprocessing
+from .geometry import SCORES, WindowGeometry, window_positions
+from .preprocess import CEILINGS, Preprocessing
 
 SCHEMA = "rlp.bundle"
 SCHEMA_VERSION = 1
@@ -164,6 +164,14 @@ class Manifest:
         problem = _schema_problem(d)
         if problem:
             raise BadInput(f"malformed manifest ({problem}); {REBUILD}", path)
+        prep_version = d["preprocessing"].get("version", 1)
+        if prep_version not in CEILINGS:
+            raise BadInput(f"the bundle's preprocessing version {prep_version} is not known to this rlp "
+                           f"(it knows {', '.join(map(str, CEILINGS))}); upgrade rlp", path)
+        score = (d.get("loss") or {}).get("kind", "l1")
+        if score not in SCORES:
+            raise BadInput(f"the bundle's window score {score!r} is not known to this rlp "
+                           f"(it knows {', '.join(SCORES)}); upgrade rlp", path)
         try:
             return cls(
                 preprocessing=Preprocessing.from_dict(d["preprocessing"]),
@@ -194,7 +202,7 @@ _MODEL = {"role": str, "file": str, "sha256": str, "size": int, "inputs": list, 
 _ENGINE = {"model": str, "file": str, "sha256": str, "size": int, "precision": str, "tensorrt_version": str,
            "compute_capability": str, "min_batch": int, "opt_batch": int, "max_batch": int}
 _PREPROCESSING = {"size": int, "percentile": _NUM, "nonfinite": str, "interpolation_order": int, "antialias": bool,
-                  "min_brain_pixels": int}
+                  "min_brain_pixels": int, "version": int}
 _GEOMETRY = {"size": int, "window": int, "stride": int, "context": (int, type(None)), "fill": _NUM, "min_tissue": _NUM,
              "paint": str}
 
@@ -217,6 +225,28 @@ def _fields_problem(d, spec: dict, where: str) -> str | None:
     return None
 
 
+def _geometry_problem(geom: dict) -> str | None:
+    """A window geometry that cannot place a window where the brain is, or None.
+
+    Positions are 0, stride, 2*stride, ... and size - window (:func:`.geometry.window_positions`):
+    a stride over size - window leaves windows only at the slice's edges, and a grid whose gaps
+    hide the slice's centre never scores the middle of the brain (preprocessing centres it):
+    a heatmap of zeros, exit 0, no warning. Refused when the bundle is loaded.
+    """
+    size, window, stride = (geom.get(k, getattr(WindowGeometry, k)) for k in ("size", "window", "stride"))
+    if not 0 < window <= size:
+        return None  # WindowGeometry refuses it, with its own message
+    if window < size and stride > size - window:
+        return (f"geometry.stride {stride} is larger than size - window = {size - window} (size {size}, window "
+                f"{window}): windows fit only at the slice's edges, so the heatmap would be (nearly) all zero")
+    pos = window_positions(size, window, stride)
+    lo, hi = (size - 1) // 2, size // 2  # the centre pixel(s)
+    if not ((pos <= hi) & (pos + window - 1 >= lo)).any():  # no window touches them
+        return (f"geometry (size {size}, window {window}, stride {stride}) places no window over the centre of "
+                f"the slice, where the brain is; use a stride of at most the window")
+    return None
+
+
 def _schema_problem(d: dict) -> str | None:
     """The first field of ``d`` with a wrong type or an impossible value, or None."""
     problem = _fields_problem(d.get("preprocessing"), _PREPROCESSING, "preprocessing") or _fields_problem(
@@ -228,6 +258,9 @@ def _schema_problem(d: dict) -> str | None:
                                                                  for k in ("size", "window", "stride", "context"))):
         if v is not None and not 0 < v <= _MAX_SIDE:
             return f"{where} {v} outside 1..{_MAX_SIDE}"
+    problem = _geometry_problem(geom)
+    if problem:
+        return problem
     if not 0 < prep.get("percentile", 50) <= 100 or not 0 <= prep.get("interpolation_order", 1) <= 5 \
             or prep.get("min_brain_pixels", 0) < 0 or prep.get("nonfinite", "error") not in ("error", "zero"):
         return "preprocessing holds a value out of range"
@@ -287,6 +320,8 @@ def resolve_inside(bundle: Path, rel: str, what: str = "file") -> Path:
 def verify_file(bundle: Path, rel: str, sha256: str, size: int | None) -> Path:
     p = resolve_inside(bundle, rel)
     if not p.is_file():
+        if p.exists():
+            raise BadInput(f"bundle file {rel} is not a regular file; {REBUILD}", bundle)
         raise InputMissing(f"bundle file {rel} is missing; {REBUILD}", bundle)
     if size is not None and p.stat().st_size != int(size):
         raise SecurityRefusal(f"{rel} has {p.stat().st_size} bytes, the manifest says {size}; {REBUILD}", bundle)
@@ -303,6 +338,8 @@ def load_bundle_manifest(bundle: str | os.PathLike, verify: bool = True) -> Mani
         raise InputMissing("bundle folder not found", bundle)
     mpath = resolve_inside(bundle, MANIFEST, "manifest")
     if not mpath.is_file():
+        if mpath.exists():
+            raise BadInput(f"{MANIFEST} is not a regular file; {REBUILD}", mpath)
         raise InputMissing(f"no {MANIFEST}; is this an rlp bundle? {REBUILD}", bundle)
     try:
         d = json.loads(mpath.read_text(encoding="utf-8"))

@@ -1,15 +1,25 @@
 """Preprocessing contract, shared by training and the runtime.
 
 One slice (2D array on the input grid, with its in-plane voxel spacing) becomes
-a ``size`` x ``size`` model image in [0, 1]:
+a ``size`` x ``size`` model image, background exactly 0:
 
 1. non-finite voxels: ``nonfinite="error"`` refuses them, ``"zero"`` replaces
    them with 0 (background) and reports how many;
 2. brain mask: given (e.g. an NFBS brain mask) or ``image > 0`` (the inputs are
    skull-stripped, background is 0); a slice with no brain voxel, or with one
    value everywhere (no contrast), is ``empty``;
-3. robust normalisation: divide by the ``percentile`` of brain intensities,
-   clip to [0, 1]; everything outside the brain is exactly 0;
+3. robust normalisation: divide by the ``percentile`` of brain intensities, then
+   clip to [0, ``ceiling``]; everything outside the brain is exactly 0. Version 2
+   (the default) divides by the 90th percentile (inside the white-matter peak of a
+   T1 slice, so white matter lands near 1) and keeps values above the healthy
+   range: its ceiling is 4.0, well above any lesion (hyperintense lesions on T1
+   reach about 1.5-2.5 times white matter), so a bright lesion reaches G brighter
+   than white matter instead of flattened onto it, and a bright lesion covering up
+   to a tenth of the slice's brain does not move the reference (the 99.5th
+   percentile of version 1 became the lesion's own intensity as soon as it covered
+   0.5%, darkening the whole slice). Version 1 (bundles made before it: the 99.5th
+   percentile, clipped at 1.0) is kept exactly so that those bundles give the same
+   maps;
 4. geometry: the slice's physical field of view is centred in a square of side
    max(extent) and resampled to ``size`` (linear, anti-aliased when shrinking),
    so non-square and anisotropic slices keep their proportions.
@@ -28,19 +38,39 @@ from scipy import ndimage
 from .errors import BadInput
 
 
+#: normalisation versions: the ceiling each clips to (what a manifest's preprocessing.version names)
+CEILINGS = {1: 1.0, 2: 4.0}
+DESCRIPTIONS = {1: "clip(x / percentile(brain voxels), 0, 1) * brain",
+                2: "clip(x / percentile(brain voxels), 0, ceiling) * brain"}
+CURRENT_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     size: int = 256
-    percentile: float = 99.5
+    percentile: float = 90.0  # version 2's; version 1 bundles record their 99.5
     nonfinite: str = "error"  # "error" | "zero"
     interpolation_order: int = 1
     antialias: bool = True
     # Slices with fewer brain voxels than this (in the model grid) are treated as empty.
     min_brain_pixels: int = 16
+    #: normalisation version (``CEILINGS``); a manifest without one was written by version 1
+    version: int = CURRENT_VERSION
+
+    def __post_init__(self):
+        if self.version not in CEILINGS:
+            raise BadInput(f"preprocessing version {self.version!r} is not known to this rlp "
+                           f"(it knows {', '.join(map(str, CEILINGS))}); upgrade rlp")
+
+    @property
+    def ceiling(self) -> float:
+        """The largest normalised intensity (1.0 at the ``percentile``)."""
+        return CEILINGS[self.version]
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["normalisation"] = "clip(x / percentile(brain voxels), 0, 1) * brain"
+        d["ceiling"] = self.ceiling
+        d["normalisation"] = DESCRIPTIONS[self.version]
         d["brain_mask"] = "given mask, else x > 0"
         d["resample"] = "centre field of view in a square of side max(extent), scipy.ndimage.affine_transform"
         return d
@@ -48,7 +78,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         keys = {"size", "percentile", "nonfinite", "interpolation_order", "antialias", "min_brain_pixels"}
-        return cls(**{k: d[k] for k in keys if k in d})
+        # written before versions existed: version 1 (the 99.5th percentile, clip at 1.0)
+        return cls(**{"percentile": 99.5} | {k: d[k] for k in keys if k in d}, version=d.get("version", 1))
 
 
 # Input pixels one model pixel may span along an axis: beyond this the voxel sizes are absurd
@@ -119,7 +150,7 @@ class Resampler:
 
 @dataclass
 class Prepared:
-    image: np.ndarray  # (size, size) float32 in [0, 1]
+    image: np.ndarray  # (size, size) float32 in [0, cfg.ceiling]
     brain: np.ndarray  # (size, size) bool
     resampler: Resampler
     n_nonfinite: int = 0
@@ -169,9 +200,10 @@ def preprocess_slice(
     hi = float(np.percentile(vals, cfg.percentile))
     if not hi > 0:
         hi = float(vals.max())
-    norm = np.clip(x / hi, 0.0, 1.0) * brain_in
+    top = cfg.ceiling
+    norm = np.clip(x / hi, 0.0, top) * brain_in
     img = rs.to_model(norm, order=cfg.interpolation_order, antialias=cfg.antialias)
     brain = rs.to_model(brain_in.astype(np.float64), order=1, antialias=False) > 0.5
-    img = (np.clip(img, 0.0, 1.0) * brain).astype(np.float32)
+    img = (np.clip(img, 0.0, top) * brain).astype(np.float32)
     empty = int(brain.sum()) < cfg.min_brain_pixels or float(img.max()) <= 0
     return Prepared(img, brain, rs, n_bad, hi, empty)

@@ -15,6 +15,7 @@ from conftest import run_cli  # noqa: E402
 from rlp.export.cli import main as export_main  # noqa: E402
 from rlp.runtime.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.geometry import WindowGeometry  # noqa: E402
+from rlp.runtime.preprocess import Preprocessing  # noqa: E402
 from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
 from rlp.runtime.manifest import load_bundle_manifest  # noqa: E402
 from rlp.train import models  # noqa: E402
@@ -217,7 +218,8 @@ def test_corrupted_target_copies_change_the_targets_and_their_provenance(dense_r
     n = len(imgs) // 2
     np.testing.assert_array_equal(imgs[:n], clean_imgs[:n])  # the original slices stay as they are
     assert not np.array_equal(imgs[n:], clean_imgs[n:])  # the augmented copies are corrupted
-    assert (imgs[n:][clean_imgs[n:] > 0] > 0).all() and imgs.max() <= 1  # tissue stays tissue, in range
+    # tissue stays tissue, in the preprocessing's range
+    assert (imgs[n:][clean_imgs[n:] > 0] > 0).all() and imgs.max() <= Preprocessing().ceiling
     bad = {"predictor": {**over["predictor"], "target_corrupt": 0.5}}  # no context_noise to corrupt with
     with pytest.raises(BadInput, match="target_corrupt"):
         train_predictor(resolve("tiny", None, bad), str(mni_tiny), dense_run, quiet=True)

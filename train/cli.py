@@ -18,9 +18,10 @@ from pathlib import Path
 
 from rlp.runtime.cliutil import OneLineParser, exit_with
 from rlp.runtime.geometry import PAINT
+from rlp.runtime.preprocess import CEILINGS, CURRENT_VERSION
 from rlp.runtime.progress import stderr_console
 
-from .config import PREDICTORS
+from .config import G_OUTPUTS, PREDICTORS, SCORE_CHOICES
 
 PROG = "rlp-train"
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable volumes (counted) instead of failing")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject-wise split")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--preprocessing-version", type=int, choices=sorted(CEILINGS), default=CURRENT_VERSION,
+                   help=f"intensity normalisation: 2 (default) keeps values above the healthy range up to "
+                        f"{CEILINGS[2]:g}; 1 clips at the 99.5th percentile (bundles made before version 2)")
     p.add_argument("--quiet", action="store_true")
 
     for name, hlp in (("gan", "train G and D (L1 + adversarial)"), ("predictor", "train R against the run's frozen G"),
@@ -68,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--width", type=int, help="G width")
         t.add_argument("--depth", type=int, help="G depth")
         t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
+        t.add_argument("--g-output", choices=list(G_OUTPUTS),
+                       help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) or sigmoid (the paper)")
+        t.add_argument("--score", choices=list(SCORE_CHOICES),
+                       help="the window score predictors learn and the bundle computes: auto (z for a Laplace G, "
+                            "else l1), z (|x - mu| / b) or l1 (the paper's raw L1)")
         t.add_argument("--predictor", choices=list(PREDICTORS),
                        help="R's kind: dense (slice in, every window's loss out), crop (the crop around the box), paper")
         t.add_argument("--variant", help="train a named predictor variant beside the run's default one "
@@ -92,7 +101,8 @@ def _overrides(a) -> dict:
                       ("depth", ("gan", "depth")), ("adv", ("gan", "adv")), ("predictor", ("predictor", "kind")),
                       ("target", ("predictor", "target")), ("r_steps", ("predictor", "steps")), ("r_batch", ("predictor", "batch")),
                       ("variant", ("predictor", "variant")), ("r_width", ("predictor", "width")), ("r_lr", ("predictor", "lr")),
-                      ("target_corrupt", ("predictor", "target_corrupt"))):
+                      ("target_corrupt", ("predictor", "target_corrupt")), ("g_output", ("gan", "output")),
+                      ("score", ("predictor", "score"))):
         v = getattr(a, key)
         if v is not None:
             o[dest[0]][dest[1]] = v
@@ -106,9 +116,13 @@ def _overrides(a) -> dict:
     return {k: v for k, v in o.items() if v}
 
 
-def _print_result(res: dict) -> None:
+def _print_result(res: dict, run: Path) -> None:
     keys = [k for k in res if k not in ("val_key",)]
     stderr_console.print(", ".join(f"{k}={res[k]:.5g}" if isinstance(res[k], float) else f"{k}={res[k]}" for k in keys))
+    if res.get("stopped_by") == "time budget":
+        stderr_console.print(f"{res['stage']}: the --max-minutes budget ran out after {res['steps']} steps; the best "
+                             f"checkpoint so far ({res.get('val_key', 'validation')} {res.get('best', float('nan')):.5g}) is "
+                             f"kept in {run / 'checkpoints'} and is what the next stage and rlp-export use")
 
 
 def _main(argv=None) -> int:
@@ -117,7 +131,8 @@ def _main(argv=None) -> int:
         from .data import prepare
 
         size = a.size if a.size is not None else (128 if a.source == "mni152" else 256)
-        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force, quiet=a.quiet)
+        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force, quiet=a.quiet,
+                      version=a.preprocessing_version)
         print(json.dumps(res, indent=2))
         return 0
     from .config import resolve
@@ -129,14 +144,12 @@ def _main(argv=None) -> int:
     results = []
     if a.cmd in ("gan", "all"):
         results.append(train_gan(cfg, a.data, run, resume=a.resume, quiet=a.quiet))
-        if not a.quiet:
-            _print_result(results[-1])
+        _print_result(results[-1], run) if not a.quiet else None
     if a.cmd in ("predictor", "all"):
         name = checkpoint_name("predictor", cfg["predictor"]["variant"])
         resume_r = a.resume and (run / "checkpoints" / f"{name}_last.pt").exists() if a.cmd == "all" else a.resume
         results.append(train_predictor(cfg, a.data, run, resume=resume_r, quiet=a.quiet))
-        if not a.quiet:
-            _print_result(results[-1])
+        _print_result(results[-1], run) if not a.quiet else None
     summary = {"run": str(run), "seconds": round(time.monotonic() - t0, 1), "stages": results}
     print(json.dumps(summary, indent=2, default=str))
     if not a.quiet:

@@ -25,6 +25,9 @@ DEFAULTS: dict = {
         "l1_box": 1.0, "l1_context": 0.1, "adv": 0.01,
         "width": 16, "depth": 4, "max_width": 128, "upsample": "bicubic",
         "d_width": 32, "d_layers": 3, "box_sampling": "brain",
+        # sigmoid: the paper's G (one reconstruction); laplace: a mean and a scale per pixel, trained with
+        # the Laplace negative log-likelihood (weight nll) beside the L1 terms
+        "output": "sigmoid", "nll": 1.0,
         "val_every": 250, "val_windows": 512, "sample_every": 500, "log_every": 10,
     },
     "predictor": {
@@ -35,16 +38,21 @@ DEFAULTS: dict = {
         "variant": "", "n_context": 3, "target_copies": 3, "target_fraction": 0.25, "rank_weight": 0.5,
         # share of the augmented copies whose tissue is corrupted (augment.context_noise) before G scores them
         "target_corrupt": 0.0,
+        # the window score to learn: auto (z for a Laplace G, l1 for a sigmoid one), z, l1
+        "score": "auto",
     },
 }
 
 # Settings that must match for --resume to continue a run.
-RESUME_KEYS = {"gan": ("geometry", "gan.width", "gan.depth", "gan.max_width", "gan.upsample", "gan.d_width", "gan.d_layers", "gan.batch"),
+RESUME_KEYS = {"gan": ("geometry", "gan.width", "gan.depth", "gan.max_width", "gan.upsample", "gan.d_width", "gan.d_layers", "gan.batch",
+                       "gan.output"),
                "predictor": ("geometry", "predictor.kind", "predictor.width", "predictor.n_down", "predictor.target", "predictor.batch",
-                             "predictor.n_context", "predictor.variant")}
+                             "predictor.n_context", "predictor.variant", "predictor.score")}
 
 PRESETS = ("demo", "paper", "tiny")
 PREDICTORS = ("crop", "paper", "dense")
+SCORE_CHOICES = ("auto", "z", "l1")
+G_OUTPUTS = ("sigmoid", "laplace")
 
 
 def deep_update(base: dict, over: dict) -> dict:
@@ -94,6 +102,10 @@ def _validate(cfg: dict) -> None:
         raise BadInput(f"--target must be window or image, not {p['target']!r}")
     if p["kind"] not in PREDICTORS:
         raise BadInput(f"--predictor must be one of {', '.join(PREDICTORS)}, not {p['kind']!r}")
+    if g["output"] not in G_OUTPUTS:
+        raise BadInput(f"--g-output must be one of {', '.join(G_OUTPUTS)}, not {g['output']!r}")
+    if p["score"] not in SCORE_CHOICES:
+        raise BadInput(f"--score must be one of {', '.join(SCORE_CHOICES)}, not {p['score']!r}")
     if p["variant"] and not re.fullmatch(r"[a-z0-9]+", str(p["variant"])):
         raise BadInput(f"--variant must be lower-case letters and digits, not {p['variant']!r}")
     for sec, key in (("gan", "steps"), ("gan", "batch"), ("predictor", "steps"), ("predictor", "batch")):

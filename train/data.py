@@ -28,7 +28,7 @@ from rlp.runtime import __version__
 from rlp.runtime.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
 from rlp.runtime.manifest import sha256_file
 from rlp.runtime.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_suffix
-from rlp.runtime.preprocess import Preprocessing, preprocess_slice
+from rlp.runtime.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.progress import progress
 
 SPLITS = ("train", "val", "test")
@@ -127,7 +127,8 @@ def prepare(
     seed: int = 0,
     force: bool = False,
     quiet: bool = False,
-    percentile: float = 99.5,
+    percentile: float | None = None,
+    version: int = CURRENT_VERSION,
 ) -> dict:
     """Build the slice dataset; returns a summary dict."""
     import h5py
@@ -141,7 +142,9 @@ def prepare(
     subjects, bad_errors = _preflight(subjects)
     if bad_errors and not skip_bad:
         raise _bad_volumes(bad_errors, source)
-    pre = Preprocessing(size=size, percentile=percentile, nonfinite="error")
+    if percentile is None:  # the version's own reference: the 90th percentile (2) or the 99.5th (1)
+        percentile = Preprocessing().percentile if version == CURRENT_VERSION else 99.5
+    pre = Preprocessing(size=size, percentile=percentile, nonfinite="error", version=version)
     partial = out.with_name(out.name + ".partial")
     f = _create_partial(h5py, partial)
     n_empty = 0

@@ -30,7 +30,7 @@ from . import models
 from .augment import AugmentConfig, augment, corrupt_context, crops_and_inpaint, sample_boxes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import resume_hash
-from .data import SliceData
+from .data import SPLITS, SliceData
 from .targets import CACHE as TARGETS_CACHE
 from .targets import build_targets
 
@@ -180,18 +180,45 @@ def box_mask_like(x: torch.Tensor, geom: WindowGeometry, boxes=None) -> torch.Te
     return m
 
 
+def is_laplace(G: nn.Module) -> bool:
+    return unwrap(G).arch.get("output", "sigmoid") == "laplace"
+
+
+def run_score(cfg: dict, G: nn.Module) -> str:
+    """The window score predictors learn and the bundle computes: ``predictor.score``, where ``auto`` is
+    the calibrated ``z`` for a Laplace G and the paper's ``l1`` for a sigmoid one."""
+    want = str(cfg["predictor"].get("score", "auto"))
+    if want == "auto":
+        return "z" if is_laplace(G) else "l1"
+    if want == "z" and not is_laplace(G):
+        raise BadInput("--score z needs a Laplace G (gan.output = laplace): this run's G predicts no scale")
+    return want
+
+
+def box_scores(out: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-input box scores of G's output (float64): ``l1`` (of the mean), and for a Laplace G ``z``
+    (|x - mu| / b) and ``nll`` (|x - mu| / b + log b); ``whole``: the L1 over the whole input."""
+    mu = out[:, :1]
+    d = (mu - orig).abs()
+    area = mask.flatten(1).sum(1)
+    res = {"l1": (d * mask).flatten(1).sum(1) / area, "whole": d.flatten(1).mean(1)}
+    if out.shape[1] == 2:
+        b = out[:, 1:]
+        z = d / b
+        res["z"] = (z * mask).flatten(1).sum(1) / area
+        res["nll"] = ((z + b.log()) * mask).flatten(1).sum(1) / area
+    return {k: v.double() for k, v in res.items()}
+
+
 @torch.no_grad()
-def g_losses(G: nn.Module, inp: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor, batch: int = 256):
-    """G's per-input box L1 and whole-input L1 (float64)."""
+def g_losses(G: nn.Module, inp: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor, batch: int = 256) -> dict:
+    """:func:`box_scores` of every input, in batches."""
     G.eval()
-    box, whole = [], []
+    parts: dict[str, list] = {}
     for s in range(0, len(inp), batch):
-        out = G(inp[s : s + batch])
-        d = (out - orig[s : s + batch]).abs()
-        m = mask[s : s + batch]
-        box.append(((d * m).flatten(1).sum(1) / m.flatten(1).sum(1)).double())
-        whole.append(d.flatten(1).mean(1).double())
-    return torch.cat(box), torch.cat(whole)
+        for k, v in box_scores(G(inp[s : s + batch]), orig[s : s + batch], mask[s : s + batch]).items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def save_samples(path: Path, inp, orig, out, n: int = 6) -> None:
@@ -201,7 +228,9 @@ def save_samples(path: Path, inp, orig, out, n: int = 6) -> None:
     import matplotlib.pyplot as plt
 
     n = min(n, len(inp))
-    rows = [np.concatenate([orig[i, 0], inp[i, 0], out[i, 0], np.abs(out[i, 0] - orig[i, 0])], axis=1) for i in range(n)]
+    rows = [np.concatenate([orig[i, 0], inp[i, 0], out[i, 0], np.abs(out[i, 0] - orig[i, 0])]
+                           + ([out[i, 1] / max(float(out[:, 1].max()), 1e-6)] if out.shape[1] == 2 else []), axis=1)
+            for i in range(n)]  # original, G's input, G's mean, |error| (and a Laplace G's scale, brightest = 1)
     grid = np.concatenate(rows, axis=0)
     with atomic_path(path, suffix=".png") as tmp:
         plt.imsave(tmp, np.clip(grid, 0, 1), cmap="gray", vmin=0, vmax=1, format="png")
@@ -236,8 +265,9 @@ def dense_loss(pred: torch.Tensor, target: torch.Tensor, rank_weight: float) -> 
     tm = (t * w).flatten(1).sum(1) / n
     pc = (pred - pm[:, None, None]) * w
     tc = (t - tm[:, None, None]) * w
-    pn = pc.square().flatten(1).sum(1).sqrt()
-    tn = tc.square().flatten(1).sum(1).sqrt()
+    # (+ eps: the gradient of sqrt at 0, a slice with one scored window, would be NaN)
+    pn = (pc.square().flatten(1).sum(1) + 1e-12).sqrt()
+    tn = (tc.square().flatten(1).sum(1) + 1e-12).sqrt()
     # Pearson, except that a map flatter than the target's counts as if it had the target's spread: plain
     # Pearson is blind to scale and its gradient grows as the map flattens, which (measured) lets the map
     # collapse to a near-constant whose tiny ripples still rank well
@@ -264,15 +294,20 @@ def _check_resume(state: dict, cfg: dict, stage: str, data_sha: str, path: Path)
         raise BadInput("checkpoint was trained on different data (dataset sha256 differs)", path)
 
 
-def write_heldout(run: Path, data: SliceData, n: int = 32) -> None:
-    """Held-out test slices (model grid) for export parity and the bench."""
-    idx = data.indices("test")
-    if len(idx) == 0:
-        idx = data.indices("val")
-    idx = idx[np.linspace(0, len(idx) - 1, min(n, len(idx))).round().astype(int)] if len(idx) else idx
+def write_heldout(run: Path, data: SliceData, n: int = 64) -> None:
+    """Held-out slices (model grid, never trained on) for export parity and the bench's lesion suite: up to
+    ``n`` of the test split, then of the validation split, evenly spread; ``split`` says which (1 val, 2 test)."""
+    idx, split = np.empty(0, np.int64), np.empty(0, np.int8)
+    for name in ("test", "val"):
+        avail = data.indices(name)
+        k = min(len(avail), n - len(idx))
+        if k > 0:
+            take = avail[np.linspace(0, len(avail) - 1, k).round().astype(int)]
+            idx = np.concatenate([idx, take])
+            split = np.concatenate([split, np.full(k, SPLITS.index(name), np.int8)])
     with atomic_path(run / "heldout.npz", suffix=".npz") as tmp:
         np.savez(tmp, images=data.images[idx].astype(np.float32), brains=data.brains[idx].astype(bool),
-                 index=idx.astype(np.int64), slice_index=data.slice_index[idx].astype(np.int64))
+                 index=idx.astype(np.int64), slice_index=data.slice_index[idx].astype(np.int64), split=split)
 
 
 # ------------------------------------------------------------------- stages
@@ -322,6 +357,8 @@ class _Trainer:
             "data": self.data_prov, "geometry": self.geom.to_dict(),
             "preprocessing": self.data.preprocessing.to_dict(),
             "metrics": metrics, "rlp_version": __version__,
+            # the window score a predictor learned (export writes it into the manifest)
+            **({"score": self.score} if self.stage == "predictor" else {}),
         }
 
     def _restore(self):
@@ -348,11 +385,12 @@ class _Trainer:
         imgs = torch.from_numpy(self.data.images[pick]).unsqueeze(1)
         brains = torch.from_numpy(self.data.brains[pick]).unsqueeze(1).float()
         aug = AugmentConfig(**self.cfg.get("augment", {}))
-        imgs, brains = augment(imgs, brains, aug, self.gen)
+        ceiling = self.data.preprocessing.ceiling
+        imgs, brains = augment(imgs, brains, aug, self.gen, ceiling=ceiling)
         boxes = sample_boxes(brains, self.geom, self.sec["box_sampling"], self.gen)
         inp, orig, mask = crops_and_inpaint(imgs, boxes, self.geom)
         if self.stage == "gan" and aug.context_noise > 0:  # G reads a corrupted context, its targets stay clean
-            inp = crops_and_inpaint(corrupt_context(imgs, brains, aug, self.gen), boxes, self.geom)[0]
+            inp = crops_and_inpaint(corrupt_context(imgs, brains, aug, self.gen, ceiling=ceiling), boxes, self.geom)[0]
         r_inp = inp if self.r_geom == self.geom else crops_and_inpaint(imgs, boxes, self.r_geom)[0]
         return inp.to(self.device), orig.to(self.device), mask.to(self.device), r_inp.to(self.device)
 
@@ -414,7 +452,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         s = self.sec
         if self.stage == "gan":
-            G = models.UNetG(width=s["width"], depth=s["depth"], max_width=s["max_width"], upsample=s["upsample"])
+            G = models.UNetG(width=s["width"], depth=s["depth"], max_width=s["max_width"], upsample=s["upsample"],
+                             output=str(s.get("output", "sigmoid")))
             if self.geom.input_size % (2 ** s["depth"]):
                 raise BadInput(f"G's input side {self.geom.input_size} must be a multiple of 2**depth = {2 ** s['depth']}")
             D = models.PatchD(width=s["d_width"], n_layers=s["d_layers"])
@@ -438,6 +477,7 @@ class _Trainer:
             self.frozen_g = models.build(gst["arch"]["g"]).to(self.device)
             self.frozen_g.load_state_dict(gst["models"]["g"])
             self.frozen_g.eval().requires_grad_(False)
+            self.score = run_score(self.cfg, self.frozen_g)
             if s["kind"] == "dense":
                 return self._build_dense(gpath, steps=max(1, int(s["steps"])))
             # The paper's R reads the whole inpainted slice, also where G reads context crops.
@@ -451,10 +491,11 @@ class _Trainer:
             # the same windows (same seed and rule) as R's inputs, when R reads something else than G
             self.val_inp = vi if self.r_geom == self.geom else fixed_windows(self.data, "val", self.r_geom, n_val, val_seed)[0]
             mask = box_mask_like(vo, self.geom, self.val_boxes)
-            box, whole = g_losses(self.frozen_g, vi.to(self.device), vo.to(self.device), mask.to(self.device))
-            self.val_target = (box if s["target"] == "window" else whole).cpu()
+            sc = g_losses(self.frozen_g, vi.to(self.device), vo.to(self.device), mask.to(self.device))
+            self.target_scale = models.target_scale(self.score)
+            self.val_target = (sc[self.score] if s["target"] == "window" else sc["whole"]).cpu()
             if not self.resume:
-                models.init_head_bias(R, float(self.val_target.mean()))
+                models.init_head_bias(R, float(self.val_target.mean()) / self.target_scale)
             self.R = self.dist.wrap(R.to(self.device), self.device)
             self.models = {"r": self.R}
             self.optims = {"r": torch.optim.Adam(self.R.parameters(), float(s["lr"]))}
@@ -470,7 +511,8 @@ class _Trainer:
         seed = int(self.cfg["run"]["seed"])
         self.targets = build_targets(self.frozen_g, gpath, self.data, self.data_prov["sha256"], self.geom, s,
                                      dict(self.cfg.get("augment", {})), seed, self.run / TARGETS_CACHE, device=self.device,
-                                     quiet=self.quiet or not self.dist.main)
+                                     quiet=self.quiet or not self.dist.main, score=self.score,
+                                     ceiling=self.data.preprocessing.ceiling)
         self.frozen_g = None  # not needed any more: every target is in the cache
         g = self.geom
         R = models.DenseR(g.size, g.window, g.stride, width=s["width"], n_context=s["n_context"])
@@ -505,13 +547,13 @@ class _Trainer:
         inp, orig, mask, r_inp = self._batch(int(s["batch"]))
         with torch.no_grad(), self._autocast():
             out = self.frozen_g(inp).float()
-        d = (out - orig).abs()
-        target = (d * mask).flatten(1).sum(1) / mask.flatten(1).sum(1) if s["target"] == "window" else d.flatten(1).mean(1)
+        sc = box_scores(out, orig, mask)
+        target = (sc[self.score] if s["target"] == "window" else sc["whole"]).float()
         self.R.train()
         opt = self.optims["r"]
         opt.zero_grad(set_to_none=True)
         with self._autocast():
-            pred = self.R(r_inp).float().flatten()
+            pred = self.R(r_inp).float().flatten() * self.target_scale
         loss = (pred - target).abs().mean()
         self._backward(loss, opt)
         self.scheds["r"].step()
@@ -538,7 +580,8 @@ class _Trainer:
         self.D.train()
         with self._autocast():
             out = self.G(inp).float()
-        comp = mask * out + (1 - mask) * orig
+        mu = out[:, :1]
+        comp = mask * mu + (1 - mask) * orig
         logs = {}
         adv = float(s["adv"])
         if adv > 0:
@@ -554,10 +597,15 @@ class _Trainer:
             logs["loss_d"] = float(loss_d.detach())
         opt_g = self.optims["g"]
         opt_g.zero_grad(set_to_none=True)
-        d = (out - orig).abs()
+        d = (mu - orig).abs()
         l_box = (d * mask).sum() / mask.sum()
         l_ctx = d.mean()
         loss = float(s["l1_box"]) * l_box + float(s["l1_context"]) * l_ctx
+        if out.shape[1] == 2:  # Laplace G: the negative log-likelihood of the box's pixels under (mu, b)
+            b = out[:, 1:]
+            l_nll = (((d / b) + b.log()) * mask).sum() / mask.sum()
+            loss = loss + float(s.get("nll", 1.0)) * l_nll
+            logs["nll_box"] = float(l_nll.detach())
         if adv > 0:
             with self._autocast():
                 fake = unwrap(self.D)(comp).float()
@@ -592,19 +640,22 @@ class _Trainer:
             G = unwrap(self.G)
             vi, vo = self.val_inp.to(self.device), self.val_orig.to(self.device)
             mask = box_mask_like(vo, self.geom, self.val_boxes)
-            box, whole = g_losses(G, vi, vo, mask)
+            sc = g_losses(G, vi, vo, mask)
             every = int(self.sec.get("sample_every") or 0)
             if every and (step % every == 0 or step == int(self.sec["steps"])):
                 out = G(vi[:6]).cpu().numpy()
                 save_samples(self.run / "samples" / f"gan_step{step:06d}.png", vi[:6].cpu().numpy(), vo[:6].cpu().numpy(), out)
-            return {"val_key": "val_l1", "val_l1": float(box.mean()), "val_l1_image": float(whole.mean())}
+            rec = {"val_key": "val_l1", "val_l1": float(sc["l1"].mean()), "val_l1_image": float(sc["whole"].mean())}
+            if "nll" in sc:  # a Laplace G is kept by its likelihood on held-out windows (mean and scale together)
+                rec.update(val_key="val_nll", val_nll=float(sc["nll"].mean()), val_z=float(sc["z"].mean()))
+            return rec
         R = unwrap(self.R)
         R.eval()
         if self.sec["kind"] == "dense":
             return self._validate_dense(R)
         preds = []
         for s0 in range(0, len(self.val_inp), 256):
-            preds.append(R(self.val_inp[s0 : s0 + 256].to(self.device)).float().flatten().cpu())
+            preds.append(R(self.val_inp[s0 : s0 + 256].to(self.device)).float().flatten().cpu() * self.target_scale)
         pred = torch.cat(preds).double().numpy()
         tgt = self.val_target.numpy()
         mae = float(np.abs(pred - tgt).mean())

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import G_OUTPUTS
+
 
 def _act():
     return nn.LeakyReLU(0.2, inplace=False)
@@ -43,17 +45,40 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False)
 
 
+def softplus(z: torch.Tensor) -> torch.Tensor:
+    """softplus without a branch (exports to ONNX and fp16 as plain elementwise operators)."""
+    return F.relu(z) + torch.log(1 + torch.exp(-z.abs()))
+
+
+#: the smallest scale a Laplace G may predict (normalised intensity units): a floor that keeps
+#: |x - mu| / b finite on the background and in flat tissue
+LAPLACE_MIN_SCALE = 0.01
+
+
 class UNetG(nn.Module):
-    """Inpainting generator: a U-Net, fully convolutional, output in [0, 1].
+    """Inpainting generator: a U-Net, fully convolutional.
 
     ``depth`` levels of downsampling (max-pool 2); the input side must be a
     multiple of ``2 ** depth``. ``width`` channels at the top level, doubling per
     level up to ``max_width``.
+
+    ``output``: ``"sigmoid"`` (the paper) gives one channel in [0, 1], the
+    reconstruction; ``"laplace"`` gives two, the mean ``mu`` of each pixel
+    (unbounded, so it can follow intensities above the healthy range) and its
+    scale ``b >= LAPLACE_MIN_SCALE``, trained with the Laplace negative
+    log-likelihood |x - mu| / b + log b: ``b`` is the error G expects at that
+    pixel of healthy tissue, read from the context only.
     """
 
-    def __init__(self, width: int = 16, depth: int = 4, max_width: int = 256, upsample: str = "bicubic", norm: bool = True):
+    def __init__(self, width: int = 16, depth: int = 4, max_width: int = 256, upsample: str = "bicubic", norm: bool = True,
+                 output: str = "sigmoid"):
         super().__init__()
+        if output not in G_OUTPUTS:
+            raise ValueError(f"G output must be one of {', '.join(G_OUTPUTS)}, not {output!r}")
         self.arch = dict(kind="unet", width=width, depth=depth, max_width=max_width, upsample=upsample, norm=norm)
+        if output != "sigmoid":  # the arch of a paper G stays what it was, so its checkpoints rebuild unchanged
+            self.arch["output"] = output
+        self.output = output
         chans = [min(width * 2**i, max_width) for i in range(depth + 1)]
         self.enc = nn.ModuleList()
         cin = 1
@@ -69,7 +94,7 @@ class UNetG(nn.Module):
             self.up.append(Upsample(upsample))
             self.upconv.append(nn.Conv2d(chans[i + 1], chans[i], 3, padding=1))
             self.dec.append(ConvBlock(2 * chans[i], chans[i], norm))
-        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.head = nn.Conv2d(chans[0], 2 if output == "laplace" else 1, 1)
         self.depth = depth
 
     def forward(self, x):
@@ -82,7 +107,10 @@ class UNetG(nn.Module):
         for up, conv, dec, skip in zip(self.up, self.upconv, self.dec, reversed(skips)):
             x = conv(up(x))
             x = dec(torch.cat([x, skip], dim=1))
-        return torch.sigmoid(self.head(x))
+        y = self.head(x)
+        if self.output == "sigmoid":
+            return torch.sigmoid(y)
+        return torch.cat([y[:, :1], softplus(y[:, 1:]) + LAPLACE_MIN_SCALE], dim=1)
 
 
 class PatchD(nn.Module):
@@ -226,7 +254,27 @@ class DenseR(nn.Module):
         for k in range(len(feats) - 2, -1, -1):
             y = self.up[k](y) + self.lateral[k](feats[k])
         z = self.head(self.smooth(y))
-        return self.pool(F.relu(z) + torch.log(1 + torch.exp(-z.abs())))  # softplus, without a branch (exports to fp16)
+        return self.pool(softplus(z))
+
+
+def target_scale(score: str) -> float:
+    """What a sigmoid predictor's output (crop, paper) is multiplied by to give the score: 1 for the L1
+    (in [0, 1] on the model's intensities), 20 for the z score (about 1 on healthy tissue, tens on a lesion)."""
+    return 20.0 if score == "z" else 1.0
+
+
+class ScaledOutput(nn.Module):
+    """A sigmoid predictor whose output is multiplied by its target scale: what export writes, so that the
+    bundle's model gives the score itself."""
+
+    def __init__(self, module: nn.Module, scale: float):
+        super().__init__()
+        self.module = module
+        self.scale = float(scale)
+        self.arch = dict(module.arch, output_scale=self.scale)
+
+    def forward(self, x):
+        return self.module(x) * self.scale
 
 
 def init_head_bias(model: nn.Module, mean_target: float) -> None:
@@ -234,8 +282,11 @@ def init_head_bias(model: nn.Module, mean_target: float) -> None:
 
     The dense predictor's head is a softplus: its bias starts at softplus^-1(mean).
     """
-    p = min(max(float(mean_target), 1e-4), 1 - 1e-4)
-    bias = math.log(math.expm1(p)) if isinstance(model, DenseR) else math.log(p / (1 - p))
+    if isinstance(model, DenseR):  # any positive target (a z score is about 1 on healthy tissue)
+        bias = math.log(math.expm1(max(float(mean_target), 1e-4)))
+    else:
+        p = min(max(float(mean_target), 1e-4), 1 - 1e-4)
+        bias = math.log(p / (1 - p))
     with torch.no_grad():
         model.head.bias.fill_(bias)
         model.head.weight.mul_(0.1)

@@ -37,12 +37,12 @@ FORMAT = 1
 @torch.no_grad()
 def window_loss_maps(G: nn.Module, images: np.ndarray, brains: np.ndarray, geom: WindowGeometry, *,
                      fraction: float = 1.0, rng: np.random.Generator | None = None, batch: int = 512,
-                     device: torch.device | None = None, on_slice=None) -> np.ndarray:
-    """G's window L1 loss map (N, rows, cols) float32 for N model-grid slices; NaN where not scored.
+                     device: torch.device | None = None, on_slice=None, score: str = "l1") -> np.ndarray:
+    """G's window score map (N, rows, cols) float32 for N model-grid slices; NaN where not scored.
 
     ``fraction`` < 1 scores a random subset (drawn from ``rng``) of each
-    slice's evaluated windows. The crops and the box L1 are the runtime's
-    (:meth:`WindowGeometry.crops`, :meth:`WindowGeometry.box_l1`).
+    slice's evaluated windows. The crops and the score are the runtime's
+    (:meth:`WindowGeometry.crops`, :meth:`WindowGeometry.box_score`).
     """
     G.eval()
     device = device or next(G.parameters()).device
@@ -60,14 +60,15 @@ def window_loss_maps(G: nn.Module, images: np.ndarray, brains: np.ndarray, geom:
             b = boxes_all[idx]
             x = torch.from_numpy(geom.crops(padded, b, inpaint=True)).to(device)
             y = G(x).float().cpu().numpy()
-            flat[idx] = geom.box_l1(y, geom.crops(padded, b, inpaint=False), b)
+            flat[idx] = geom.box_score(y, geom.crops(padded, b, inpaint=False), b, score)
         if on_slice is not None:
             on_slice()
     return maps
 
 
 def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom: WindowGeometry, sec: dict, aug: dict,
-                  seed: int, cache: Path, *, device: torch.device, quiet: bool = False) -> dict:
+                  seed: int, cache: Path, *, device: torch.device, quiet: bool = False, score: str = "l1",
+                  ceiling: float = 1.0) -> dict:
     """Training and validation (image, map) pairs for a dense predictor, from the cache when it matches.
 
     ``sec`` is the predictor config: ``target_copies`` (the original slice plus
@@ -84,6 +85,8 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
                        "and target_copies >= 2 (it corrupts a share of the augmented copies)")
     prov = {"format": FORMAT, "g_checkpoint_sha256": sha256_file(g_checkpoint), "data_sha256": data_sha256,
             "geometry": geom.to_dict(), "copies": copies, "fraction": fraction, "augment": aug, "seed": seed}
+    if score != "l1":  # caches made before scores existed hold L1 maps and stay valid for an L1 run
+        prov["score"] = score
     if corrupt > 0:
         prov["corrupt"] = corrupt
     if cache.is_file():
@@ -105,9 +108,9 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
     brains = [data.brains[tr]]
     for _ in range(copies - 1):
         a, b = augment(torch.from_numpy(data.images[tr]).unsqueeze(1), torch.from_numpy(data.brains[tr]).unsqueeze(1).float(),
-                       cfg, gen)
+                       cfg, gen, ceiling=ceiling)
         if corrupt > 0:  # abnormal tissue too, and G's response to it: what R must predict on a lesion slice
-            a = corrupt_context(a, b, replace(cfg, context_noise_p=corrupt), gen)
+            a = corrupt_context(a, b, replace(cfg, context_noise_p=corrupt), gen, ceiling=ceiling)
         imgs.append(a[:, 0].numpy())
         brains.append(b[:, 0].numpy() > 0.5)
     train_images = np.concatenate(imgs).astype(np.float32)
@@ -116,8 +119,8 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
         task = bar.add_task("G targets for the predictor", total=len(train_images) + len(va))
         step = lambda: bar.advance(task)  # noqa: E731
         train_maps = window_loss_maps(G, train_images, train_brains, geom, fraction=fraction, rng=rng,
-                                      device=device, on_slice=step)
-        val_maps = window_loss_maps(G, data.images[va], data.brains[va], geom, device=device, on_slice=step)
+                                      device=device, on_slice=step, score=score)
+        val_maps = window_loss_maps(G, data.images[va], data.brains[va], geom, device=device, on_slice=step, score=score)
     out = {"train_images": train_images, "train_maps": train_maps, "val_images": data.images[va].astype(np.float32),
            "val_maps": val_maps, "val_brains": data.brains[va].astype(bool)}
     with atomic_path(cache, suffix=".npz") as tmp:
