@@ -9,9 +9,12 @@ bundle's ONNX files as *strongly typed* networks, so the fp16 ONNX gives an
 fp16 engine and the fp32 ONNX an fp32 engine (TF32 off), with exactly the
 precision the ONNX graph declares; inputs and outputs stay float32. One
 optimisation profile covers batch sizes ``min``/``opt``/``max``. The tactic
-timing cache lives in the bundle and seeds the next build (``--force``).
+timing cache lives in the bundle and seeds the next build (``--force``); a
+cache TensorRT cannot use (another GPU or TensorRT version, or corrupt) is
+replaced by a fresh one, with a note in :attr:`EngineBuilder.notes`.
 
-This path is not exercised on CPU-only CI; its tests are marked ``gpu``.
+Real engines are built only on a GPU (tests marked ``gpu``); on CPU-only CI the builder's calls and failures
+are driven with a fake ``tensorrt`` module (``tests/test_gpu_fakes.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rlp.runtime.errors import EX_SOFTWARE, RlpError, Unavailable
+from rlp.runtime.errors import EX_SOFTWARE, RlpError, Unavailable, one_line
 from rlp.runtime.manifest import EngineEntry, file_entry_fields
 
 TIMING_CACHE = "timing.cache"
@@ -51,9 +54,10 @@ def require_tensorrt() -> TrtEnvironment:
     """The tensorrt module and the GPU it builds for; a clear :class:`Unavailable` error otherwise."""
     try:
         import tensorrt as trt
-    except (ImportError, OSError) as exc:
-        raise Unavailable(f"--trt needs the tensorrt package and a CUDA GPU; tensorrt is not importable ({exc}). "
-                          "Install it with pip install 'rlp[gpu]', or leave out --trt") from None
+    except (ImportError, OSError, RuntimeError) as exc:  # the wheel raises FileNotFoundError without its libraries
+        raise Unavailable(f"--trt needs the tensorrt package and a CUDA GPU; tensorrt is not importable "
+                          f"({type(exc).__name__}: {one_line(exc)}). Install it with pip install 'rlp[gpu]', "
+                          "or leave out --trt") from None
     import torch
 
     if not torch.cuda.is_available():
@@ -77,15 +81,22 @@ class EngineBuilder:
         self.builder = env.trt.Builder(self.trt_logger)
         self._seed = seed_cache
         self._cache = None
+        self.notes: list[str] = []
 
     def _attach_cache(self, config) -> None:
         if self._cache is None:
-            self._cache = config.create_timing_cache(self._seed)
-            if not config.set_timing_cache(self._cache, False):  # from another GPU or TensorRT: start afresh
-                self._cache = config.create_timing_cache(b"")
-                config.set_timing_cache(self._cache, False)
-        else:
-            config.set_timing_cache(self._cache, False)
+            cache = config.create_timing_cache(self._seed) if self._seed else None  # None: a blob it cannot read
+            if cache is not None and config.set_timing_cache(cache, False):  # False: another GPU or TensorRT
+                self._cache = cache
+                return
+            if self._seed:
+                self.notes.append(f"the timing cache {self.cache_path.name} was made by another GPU or TensorRT "
+                                  "version (or is corrupt): starting a fresh one")
+            self._cache = config.create_timing_cache(b"")
+            if self._cache is None:
+                raise RlpError("TensorRT could not create a timing cache", self.cache_path, EX_SOFTWARE)
+        if not config.set_timing_cache(self._cache, False):
+            raise RlpError("TensorRT refused its own timing cache", self.cache_path, EX_SOFTWARE)
 
     def build(self, onnx_path: Path, plan_path: Path, *, model_key: str, input_name: str, side: int,
               precision: str, profile: tuple[int, int, int] = PROFILE) -> EngineEntry:
@@ -101,7 +112,9 @@ class EngineBuilder:
         opt = self.builder.create_optimization_profile()
         lo, mid, hi = profile
         opt.set_shape(input_name, (lo, 1, side, side), (mid, 1, side, side), (hi, 1, side, side))
-        config.add_optimization_profile(opt)
+        if config.add_optimization_profile(opt) < 0:
+            raise RlpError(f"TensorRT refused the optimisation profile (input {input_name!r}, batch {lo}/{mid}/{hi}, "
+                           f"{side}x{side})", onnx_path, EX_SOFTWARE)
         self._attach_cache(config)
         plan = self.builder.build_serialized_network(network, config)
         if plan is None:
@@ -127,12 +140,16 @@ class EngineRunner:
         if self.engine is None:
             raise RlpError("TensorRT could not load the engine it just built", plan_path, EX_SOFTWARE)
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RlpError("TensorRT could not create an execution context (out of GPU memory?)", plan_path,
+                           EX_SOFTWARE)
         self.input_name, self.output_name = input_name, output_name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-        self.context.set_input_shape(self.input_name, tuple(xt.shape))
+        if not self.context.set_input_shape(self.input_name, tuple(xt.shape)):
+            raise RlpError(f"TensorRT refused input shape {tuple(xt.shape)}", code=EX_SOFTWARE)
         yt = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
         self.context.set_tensor_address(self.input_name, xt.data_ptr())
         self.context.set_tensor_address(self.output_name, yt.data_ptr())

@@ -31,7 +31,17 @@ checks are skipped (the hashes still are checked) and a note says so.
 
 GPU libraries are imported lazily, inside the backends that need them; a
 missing library or device is an :class:`~rlp.runtime.errors.Unavailable` error
-that lists what is available.
+that lists what is available. That includes a library that is installed but
+cannot load (``import tensorrt`` raising ``OSError``/``FileNotFoundError`` or
+``RuntimeError``) and a CUDA call that raises instead of returning an error code
+(cuda-python before 12.9 raises ``RuntimeError`` without ``libcuda.so.1``), so
+``auto`` always falls back to the CPU.
+
+fp32 models run in fp32 on the GPU too: onnxruntime's CUDA provider uses TF32
+by default on Ampere and newer, so its sessions for fp32 models get
+``use_tf32=0``; ``details["compute_precision"]`` says what a backend runs in
+(onnxruntime's TensorRT provider has no such switch: there it says TF32 may be
+used, unless ``NVIDIA_TF32_OVERRIDE=0`` is set).
 """
 
 from __future__ import annotations
@@ -343,6 +353,40 @@ class Backend:
 
 
 # --------------------------------------------------------------------------- onnxruntime
+def cuda_provider_options(precision: str) -> dict:
+    """Options of onnxruntime's CUDAExecutionProvider for a model of ``precision`` ("fp32" or "fp16").
+
+    The provider's default ``use_tf32=1`` rounds fp32 convolutions and matrix
+    products to TF32 (about 1e-3 relative error on Ampere and newer): fp32
+    models get ``use_tf32=0`` so that they match the CPU and the fp32 TensorRT
+    engines (built with the TF32 flag cleared).
+    """
+    opts: dict = {"device_id": 0}
+    if precision == "fp32":
+        opts["use_tf32"] = 0
+    return opts
+
+
+def ort_session_providers(kind: str, precision: str) -> list:
+    """The ``providers`` argument of an onnxruntime session for ``ort-cpu`` or ``ort-cuda``."""
+    if kind == "ort-cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "ort-cuda":
+        return [("CUDAExecutionProvider", cuda_provider_options(precision)), "CPUExecutionProvider"]
+    raise ValueError(f"not an onnxruntime CPU or CUDA backend: {kind}")
+
+
+def _compute_precision(kind: str, precision: str) -> str:
+    """What a session of ``kind`` computes an fp32 or fp16 model in."""
+    if precision != "fp32" or kind == "ort-cpu":
+        return precision
+    if kind == "ort-cuda":
+        return "fp32 (TF32 off: use_tf32=0)"
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        return "fp32 (TF32 off: NVIDIA_TF32_OVERRIDE=0)"
+    return "fp32, TF32 allowed (onnxruntime's TensorRT provider has no switch for it: set NVIDIA_TF32_OVERRIDE=0)"
+
+
 def _import_ort():
     try:
         return importlib.import_module("onnxruntime")
@@ -397,6 +441,9 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         except Exception as exc:
+            if kind != "ort-cpu" and _loads_on_cpu(ort, source, so):  # the provider failed, not the model
+                raise Unavailable(f"backend {kind}: onnxruntime could not start {want} ({_one_line(exc)}); "
+                                  "is a GPU present and are the CUDA/TensorRT libraries on the library path?") from None
             raise BadInput(f"onnxruntime cannot load {model.entry.file} ({_one_line(exc)}); {REBUILD}",
                            model.bundle) from None
         used = self.session.get_providers()
@@ -406,15 +453,14 @@ class OrtBackend(Backend):
         self._check_session_io(model)
         if kind == "ort-trt":
             self.max_batch = int(max_batch)  # the TensorRT profile's largest shape
-        self.details = {"providers": used, "threads": so.intra_op_num_threads or "default"}
+        self.details = {"providers": used, "threads": so.intra_op_num_threads or "default",
+                        "compute_precision": _compute_precision(kind, model.entry.precision)}
 
     @staticmethod
     def _providers(kind: str, model: CheckedModel, max_batch: int) -> list:
-        if kind == "ort-cpu":
-            return ["CPUExecutionProvider"]
-        cuda = ("CUDAExecutionProvider", {"device_id": 0})
-        if kind == "ort-cuda":
-            return [cuda, "CPUExecutionProvider"]
+        if kind != "ort-trt":
+            return ort_session_providers(kind, model.entry.precision)
+        cuda = ("CUDAExecutionProvider", cuda_provider_options(model.entry.precision))  # nodes TensorRT does not take
         dims = "x".join(str(d) for d in model.input.shape[1:])
         name = model.input.name
         cache = trt_cache_dir() / model.entry.sha256[:16]
@@ -450,20 +496,46 @@ class OrtBackend(Backend):
         self.session = None
 
 
+def _loads_on_cpu(ort, source, so) -> bool:
+    try:
+        ort.InferenceSession(source, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- TensorRT
+#: what a library that is installed but cannot load raises on import (the tensorrt wheel raises
+#: FileNotFoundError when its libraries are missing; a CUDA library mismatch is an OSError from dlopen)
+_IMPORT_FAILURES = (ImportError, OSError, RuntimeError)
+#: what a cuda-python call raises instead of returning an error code (cuda-python 12.0-12.8 without
+#: libcuda.so.1: RuntimeError "Failed to dlopen libcuda.so.1")
+_CUDA_FAILURES = (RuntimeError, OSError)
+_NO_DRIVER = "is an NVIDIA GPU with a working driver present?"
+
+
 def _import_trt():
     """(tensorrt, cudart) or Unavailable; cuda-python moved cudart to cuda.bindings in 12.6."""
     try:
         trt = importlib.import_module("tensorrt")
-    except ImportError:
-        raise Unavailable("backend trt needs the tensorrt package (pip install 'rlp[gpu]')") from None
+    except _IMPORT_FAILURES as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "tensorrt":
+            raise Unavailable("backend trt needs the tensorrt package (pip install 'rlp[gpu]')") from None
+        raise Unavailable(f"backend trt: tensorrt is installed but cannot be imported ({type(exc).__name__}: "
+                          f"{_one_line(exc)}); reinstall it with pip install 'rlp[gpu]'") from None
     try:
         cudart = importlib.import_module("cuda.bindings.runtime")
-    except ImportError:
+    except _IMPORT_FAILURES as first:
         try:
             cudart = importlib.import_module("cuda.cudart")
-        except ImportError:
-            raise Unavailable("backend trt needs cuda-python (pip install 'rlp[gpu]')") from None
+        except ModuleNotFoundError:
+            if isinstance(first, ModuleNotFoundError):
+                raise Unavailable("backend trt needs cuda-python (pip install 'rlp[gpu]')") from None
+            raise Unavailable(f"backend trt: cuda-python cannot be imported ({type(first).__name__}: "
+                              f"{_one_line(first)})") from None
+        except _IMPORT_FAILURES as exc:
+            raise Unavailable(f"backend trt: cuda-python cannot be imported ({type(exc).__name__}: "
+                              f"{_one_line(exc)})") from None
     return trt, cudart
 
 
@@ -471,15 +543,24 @@ def _cuda(cudart, result, what: str):
     """Unpack a cuda-python (err, *values) tuple; a failure is Unavailable."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise Unavailable(f"CUDA {what} failed ({err}); is an NVIDIA GPU with a working driver present?")
+        raise Unavailable(f"CUDA {what} failed ({err}); {_NO_DRIVER}")
     return values[0] if len(values) == 1 else values
 
 
+def _cuda_call(cudart, what: str, fn: Callable, *args):
+    """Call a cuda-python function and unpack its result; an exception it raises is Unavailable too."""
+    try:
+        result = fn(*args)
+    except _CUDA_FAILURES as exc:
+        raise Unavailable(f"CUDA {what} failed ({_one_line(exc)}); {_NO_DRIVER}") from None
+    return _cuda(cudart, result, what)
+
+
 def compute_capability(cudart, device: int = 0) -> str:
-    n = _cuda(cudart, cudart.cudaGetDeviceCount(), "device count")
-    if int(n) < 1:
+    n = _cuda_call(cudart, "device count", cudart.cudaGetDeviceCount)
+    if n is None or int(n) < 1:
         raise Unavailable("no CUDA device found")
-    prop = _cuda(cudart, cudart.cudaGetDeviceProperties(device), "device query")
+    prop = _cuda_call(cudart, "device query", cudart.cudaGetDeviceProperties, device)
     return f"{prop.major}.{prop.minor}"
 
 
@@ -545,40 +626,59 @@ class TrtBackend(Backend):
             if dtype != spec.dtype:
                 raise BadInput(f"{entry.file}: engine tensor {spec.name!r} is {dtype}, the manifest says {spec.dtype}; "
                                f"{REBUILD_TRT}", model.bundle)
+            # the device buffers are sized from the manifest: the engine's own shape must be the same
+            shape = tuple(int(d) for d in engine.get_tensor_shape(spec.name))
+            if None in spec.shape[1:] or len(shape) != len(spec.shape) or any(
+                    e != -1 and e != m for e, m in zip(shape[1:], spec.shape[1:])):
+                raise BadInput(f"{entry.file}: engine tensor {spec.name!r} has shape {shape}, the manifest declares "
+                               f"{spec.describe()}; {REBUILD_TRT}", model.bundle)
         self._context = engine.create_execution_context()
+        if self._context is None:
+            raise Unavailable(f"TensorRT could not create an execution context for {entry.file} "
+                              "(out of GPU memory?)")
         self.max_batch = min(self.max_batch, int(entry.max_batch))
-        self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "stream creation")
+        self._stream = _cuda_call(cudart, "stream creation", cudart.cudaStreamCreate)
         for spec in (model.input, model.output):
             nbytes = int(np.prod(spec.shape[1:])) * spec.dtype.itemsize * self.max_batch
-            self._dev[spec.name] = _cuda(cudart, cudart.cudaMalloc(nbytes), "allocation")
+            self._dev[spec.name] = _cuda_call(cudart, "allocation", cudart.cudaMalloc, nbytes)
         self.details = {"engine": entry.file, "tensorrt": trt.__version__, "compute_capability": cc,
-                        "max_batch": self.max_batch}
+                        "max_batch": self.max_batch, "compute_precision": entry.precision}
 
     def _run_impl(self, x: np.ndarray) -> np.ndarray:
         cudart, ctx = self._cudart, self._context
         i_name, o_name = self.input.name, self.output.name
         if not ctx.set_input_shape(i_name, tuple(x.shape)):
             raise RlpError(f"TensorRT refused input shape {x.shape}", self.model.path, EX_SOFTWARE)
-        out_shape = tuple(ctx.get_tensor_shape(o_name))
+        out_shape = tuple(int(d) for d in ctx.get_tensor_shape(o_name))
+        if out_shape != (x.shape[0], *self.output.shape[1:]):  # before anything is written to the output buffer
+            raise BadInput(f"the TensorRT engine's output for a batch of {x.shape[0]} has shape {out_shape}, the "
+                           f"manifest declares {self.output.describe()}; {REBUILD_TRT}", self.model.path)
         y = np.empty(out_shape, dtype=self.output.dtype)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _cuda(cudart, cudart.cudaMemcpyAsync(self._dev[i_name], x, x.nbytes, h2d, self._stream), "copy to GPU")
-        ctx.set_tensor_address(i_name, self._dev[i_name])
-        ctx.set_tensor_address(o_name, self._dev[o_name])
+        _cuda_call(cudart, "copy to GPU", cudart.cudaMemcpyAsync, self._dev[i_name], x, x.nbytes, h2d, self._stream)
+        for name in (i_name, o_name):
+            if not ctx.set_tensor_address(name, self._dev[name]):
+                raise RlpError(f"TensorRT refused the device address of tensor {name!r}", self.model.path, EX_SOFTWARE)
         if not ctx.execute_async_v3(stream_handle=int(self._stream)):
             raise RlpError("TensorRT execution failed", self.model.path, EX_SOFTWARE)
-        _cuda(cudart, cudart.cudaMemcpyAsync(y, self._dev[o_name], y.nbytes, d2h, self._stream), "copy from GPU")
-        _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "synchronise")
+        _cuda_call(cudart, "copy from GPU", cudart.cudaMemcpyAsync, y, self._dev[o_name], y.nbytes, d2h, self._stream)
+        _cuda_call(cudart, "synchronise", cudart.cudaStreamSynchronize, self._stream)
         return y
 
     def _close_impl(self) -> None:
         cudart = self._cudart
-        for ptr in self._dev.values():
-            cudart.cudaFree(ptr)
+        for ptr in self._dev.values():  # every buffer, even when freeing one fails
+            try:
+                cudart.cudaFree(ptr)
+            except _CUDA_FAILURES:
+                pass
         self._dev.clear()
         if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
+            try:
+                cudart.cudaStreamDestroy(self._stream)
+            except _CUDA_FAILURES:
+                pass
             self._stream = None
         self._context = self._engine = None
 

@@ -54,7 +54,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import _import_ort
+from .backends import _import_ort, ort_session_providers
 from .errors import EX_USAGE, BadInput, RlpError, Unavailable, one_line
 from .geometry import WindowGeometry, iter_batches
 from .heatmap import DEFAULT_BATCH, TARGET_TRANSFORMS, model_geometry, score_windows
@@ -89,8 +89,9 @@ DELTA_MIN_CIN = 128
 BATCH = 256
 #: how a convolution can be recomputed (StagePlan.how)
 HOWS = ("gemm", "delta", "crops")
-ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
-                 "ort-cuda": [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]}
+#: the backends incremental scoring runs on; their sessions' providers are the backend's own
+#: (backends.ort_session_providers: fp32 models get the CUDA provider's use_tf32=0)
+ORT_PROVIDERS = ("ort-cpu", "ort-cuda")
 
 
 # --------------------------------------------------------------------------- reading the graph
@@ -709,7 +710,7 @@ class IncrementalScorer:
         except Exception as exc:
             raise BadInput(f"onnx cannot read {entry.file} ({exc}); {REBUILD}", model.bundle) from None
         scorer = cls.from_model(proto, model_geometry(bundle.manifest.geometry, entry, bundle.root),
-                                providers=ORT_PROVIDERS[backend.name], threads=bundle.threads,
+                                providers=ort_session_providers(backend.name, entry.precision), threads=bundle.threads,
                                 transform=TARGET_TRANSFORMS[entry.target_transform], latencies=backend.latencies,
                                 **options)
         if scorer.note and scorer.note not in backend.notes:
@@ -865,12 +866,13 @@ class IncrementalScorer:
 
     def score_windows(self, image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
                       predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
-                      on_batch: Callable[[int], None] | None = None, dense: bool = False) -> np.ndarray:
+                      on_batch: Callable[[int], None] | None = None, dense: bool = False, score: str = "l1") -> np.ndarray:
         """:func:`~rlp.runtime.heatmap.score_windows`, incrementally in batches of :attr:`batch` windows (plainly,
-        through ``predict`` in batches of ``batch``, without a plan)."""
+        through ``predict`` in batches of ``batch``, without a plan). A predictor's output is its score, so
+        ``score`` (G's window score) changes nothing here."""
         if not self.plan:
             return score_windows(image, geometry, boxes, predict, path=path, batch=batch, on_batch=on_batch,
-                                 dense=dense)
+                                 dense=dense, score=score)
         if geometry.for_input("image") != self.geometry or dense or path_role(path) != "r":
             raise ValueError("this incremental scorer was planned for another geometry or path")
         return self.score(image, boxes, on_batch=on_batch)
