@@ -13,10 +13,19 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CannotCreate
+from .errors import CannotCreate, RlpError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking (and no second process to fear, usually)
+    fcntl = None
+
+#: how long a writer waits for another process that holds an output set's lock
+LOCK_TIMEOUT_S = float(os.environ.get("RLP_LOCK_TIMEOUT", 600))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -146,3 +155,210 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --------------------------------------------------------------------------- sets of outputs
+class OutputExists(CannotCreate):
+    """An output that already exists where overwriting was not asked for (``path``: that output)."""
+
+    def __init__(self, path):
+        super().__init__("exists; pass --force to overwrite", path)
+
+
+def _ident(path: Path):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created for it, removed again on release).
+
+    Another process that wants the same lock waits (up to ``timeout`` seconds, then a
+    :class:`CannotCreate`). The lock dies with its process, so a killed holder never blocks
+    anyone; a lock file it leaves is an empty file that the next holder reuses and removes.
+    Removing the file while holding the lock is safe: a waiter that then gets the lock on the
+    removed file sees that the name no longer points at it and locks the new one.
+    """
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
+    deadline, delay = time.monotonic() + timeout, 0.002
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                         0o666)
+        except OSError as exc:
+            _raise_for(exc, path)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise CannotCreate(f"another process has held this lock for {timeout:g} s (set "
+                                           "RLP_LOCK_TIMEOUT to wait longer)", path) from None
+                    time.sleep(delay)
+                    delay = min(0.05, delay * 2)
+                except OSError as exc:  # a file system without locks (ENOLCK, EOPNOTSUPP): work unlocked
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
+                    os.close(fd)
+                    fd = -1
+                    break
+            if fd < 0:
+                break
+            st = os.fstat(fd)
+            if _ident(path) == (st.st_dev, st.st_ino):
+                break
+            # the holder removed the file (or it was replaced) while we waited: lock what the name is now
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            try:
+                os.unlink(path)  # while still holding it (see above)
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def _suffix_of(name: str) -> str:
+    low = name.lower()
+    if low.endswith(".nii.gz"):
+        return name[-7:]
+    return Path(name).suffix or ".partial"
+
+
+class StagedSet:
+    """Temporary files of one output set (see :func:`atomic_set`): ``path(key)`` makes the one for ``key``."""
+
+    def __init__(self, outputs: dict[str, Path]):
+        self.outputs = {k: Path(p) for k, p in outputs.items()}
+        self.temps: dict[str, Path] = {}
+        self.last: str | None = None  # the output being written (named by errors without a file name)
+        self.consumed: set[str] = set()  # keys whose temporary file became the output
+
+    def path(self, key: str, suffix: str | None = None) -> Path:
+        out = self.outputs[key]
+        if key in self.temps:
+            return self.temps[key]
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix or _suffix_of(out.name), dir=out.parent)
+            os.close(fd)
+        except OSError as exc:
+            _raise_for(exc, out)
+        self.temps[key] = Path(tmp)
+        self.last = key
+        return self.temps[key]
+
+
+@contextlib.contextmanager
+def atomic_set(outputs: dict[str, str | os.PathLike], *, force: bool = False,
+               lock: str | os.PathLike | None = None) -> Iterator[StagedSet]:
+    """Write several files as one set: all of them, from this process, or none.
+
+    The body writes each output to ``staged.path(key)`` (a temporary file beside it). When
+    it returns, the files are synced, then published under ``lock`` (an exclusive lock file,
+    e.g. one per output set): without ``force`` the existence check is made under the lock, so
+    a set another process published meanwhile is reported (:class:`OutputExists`) and never
+    touched; with ``force`` every file is swapped in, so two writers of one set leave one
+    complete set, the last one's, never a mix. A failure or interrupt at any point removes
+    the temporary files and, while publishing, puts the previous files back: only files this
+    process created are ever removed (a replaced file only once the whole set is in place).
+    """
+    staged = StagedSet({k: Path(p) for k, p in outputs.items()})
+    try:
+        try:
+            yield staged
+        except OSError as exc:
+            _raise_for(exc, staged.outputs[staged.last] if staged.last else next(iter(staged.outputs.values())))
+        except RlpError as exc:  # a writer that named its temporary file: name the output instead
+            for k, t in staged.temps.items():
+                if exc.path == os.fspath(t):
+                    exc.path = os.fspath(staged.outputs[k])
+            raise
+        key = None
+        try:
+            mode = _umask_mode()
+            for key, tmp in staged.temps.items():
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, mode)  # mkstemp makes 0600; give the file the usual mode
+        except OSError as exc:
+            _raise_for(exc, staged.outputs[key])
+        with file_lock(lock) if lock is not None else contextlib.nullcontext():
+            _publish(staged, force)
+    finally:
+        for key, tmp in staged.temps.items():
+            if key not in staged.consumed:
+                tmp.unlink(missing_ok=True)
+
+
+def _publish(staged: StagedSet, force: bool) -> None:
+    """Move the staged files into place (the caller holds the set's lock); undo it all on failure."""
+    outs = staged.outputs
+    for out in outs.values():
+        if os.path.lexists(out):
+            if not force:
+                raise OutputExists(out)
+            if out.is_dir() and not out.is_symlink():
+                raise CannotCreate("is a folder; refusing to replace it", out)
+    done: list[tuple] = []  # (how, output, where the old file is, identity of our file)
+    old: list[Path] = []  # replaced files, now under temporary names: removed once all is in place
+    key = None
+    try:
+        for key in reversed(list(staged.temps)):  # the reverse of the order they were staged in
+            tmp, out = staged.temps[key], outs[key]
+            ours = _ident(tmp)
+            if os.path.lexists(out) and _exchange(tmp, out):
+                done.append(("exchanged", out, tmp, ours))  # the old file is now at tmp (removed in the cleanup)
+                continue
+            aside = None
+            if os.path.lexists(out):  # no atomic swap on this system: move the old file aside first
+                fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)
+                os.close(fd)
+                aside = Path(name)
+                try:
+                    os.replace(out, aside)
+                except BaseException:
+                    aside.unlink(missing_ok=True)
+                    raise
+                old.append(aside)
+                done.append(("aside", out, aside, None))
+            os.replace(tmp, out)
+            staged.consumed.add(key)
+            if aside is not None:
+                done[-1] = ("aside", out, aside, ours)
+            else:
+                done.append(("new", out, None, ours))
+        _fsync_dir(next(iter(outs.values())).parent)
+    except BaseException as exc:
+        for how, out, other, ours in reversed(done):
+            try:
+                if how == "exchanged":
+                    _exchange(other, out)  # the old file back; ours, now at the temporary name, goes in the cleanup
+                elif how == "aside" and (ours is None or _ident(out) == ours):
+                    os.replace(other, out)  # the old file back over ours
+                    old.remove(other)
+                elif how == "new" and _ident(out) == ours:
+                    out.unlink()  # only a file that is still the one this process put there
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            _raise_for(exc, outs[key] if key is not None else next(iter(outs.values())))
+        raise
+    for p in old:
+        p.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import stat
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ _OK_DTYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}  # u8 i16 i32 f32 f64 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # world axis (RAS) normal to the slice
 # Ground-truth lesion masks beside their slice: <stem>_lesion.nii.gz (demo inputs, bench).
 LESION_SUFFIX = "_lesion"
+#: the description (header ``descrip``) of every heatmap rlp writes
+HEATMAP_DESCRIP = b"rlp reconstruction-loss heatmap"
 
 
 def nifti_suffix(path: str | os.PathLike) -> str | None:
@@ -128,17 +131,74 @@ def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
     return inv
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file ("a FIFO (named pipe)"...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a file")
+
+
+def _stat_input(path: Path) -> os.stat_result:
+    """``os.stat`` of an input, refusing anything but a regular file before it is ever opened
+    (a FIFO or a device would block the reader forever, or never end)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputMissing("no such file", path) from None
+    except OSError as exc:  # e.g. a name too long, a permission denied on a folder
+        raise RlpError(exc.strerror or str(exc), path, EX_IOERR) from None
+    kind = not_regular(st.st_mode)
+    if kind:
+        raise BadInput(f"not a regular file (it is {kind}); expected a .nii or .nii.gz file", path)
+    return st
+
+
+def _open_regular(path: Path):
+    """Open ``path`` for reading without ever blocking on it; refuse it unless it is a regular file.
+
+    The name is checked before and the open file after (it may have been swapped for a FIFO in between)."""
+    _stat_input(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputMissing("no such file", path) from None
+    except OSError as exc:
+        raise RlpError(exc.strerror or str(exc), path, EX_IOERR) from None
+    try:
+        kind = not_regular(os.fstat(fd).st_mode)
+        if kind:
+            raise BadInput(f"not a regular file (it is {kind}); expected a .nii or .nii.gz file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _opener(gz: bool):
+    @contextlib.contextmanager
+    def opened(path: Path, mode: str = "rb"):
+        with _open_regular(Path(path)) as raw:
+            if gz:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                    yield fh
+            else:
+                yield raw
+
+    return opened
+
+
 def _open_nifti(path: Path):
     """Check the name against the gzip magic; return an opener for the (decompressed) stream."""
-    if not path.exists():
-        raise InputMissing("no such file", path)
-    if path.is_file() and path.stat().st_size == 0:
+    if _stat_input(path).st_size == 0:
         raise BadInput("empty file", path)
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path) as fh:
             magic = fh.read(2)
-    except IsADirectoryError:
-        raise BadInput("is a directory, not a NIfTI file", path) from None
     except OSError as exc:
         raise RlpError(exc.strerror or str(exc), path, EX_IOERR) from None
     gz = magic == b"\x1f\x8b"
@@ -149,7 +209,7 @@ def _open_nifti(path: Path):
         raise BadInput("named .nii.gz but is not gzip-compressed", path)
     if suf == ".nii" and gz:
         raise BadInput("named .nii but is gzip-compressed (rename it to .nii.gz)", path)
-    return (gzip.open if gz else open), gz
+    return _opener(gz), gz
 
 
 def _check_declared(head: bytes, path: Path, gz: bool):
@@ -399,7 +459,7 @@ def save_like(path: str | os.PathLike, data_file_grid: np.ndarray, ref: Volume, 
     img.header.set_intent("none", (), name="")  # the heatmap is not the input's statistic or label map
     img.header["cal_min"] = 0
     img.header["cal_max"] = float(arr.max()) if arr.size else 0.0
-    img.header["descrip"] = b"rlp reconstruction-loss heatmap"
+    img.header["descrip"] = HEATMAP_DESCRIP
     suf = nifti_suffix(path) or ".nii.gz"
     with atomic_path(path, force=force, suffix=suf) as tmp:
         nib.save(img, tmp)
