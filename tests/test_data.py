@@ -1,5 +1,4 @@
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -28,7 +27,9 @@ def test_prepare_nfbs_layout_subject_wise_split(tmp_path):
     res = prepare(str(src), tmp_path / "d.h5", size=32, quiet=True)
     d = SliceData(tmp_path / "d.h5")
     assert d.images.shape[1:] == (32, 32) and d.images.dtype == np.float32
-    assert 0 <= d.images.min() and d.images.max() <= 1
+    # preprocessing version 2: values above the 90th percentile (1.0) kept, up to the ceiling
+    assert d.preprocessing.version == 2 and d.preprocessing.percentile == 90.0
+    assert 0 <= d.images.min() and 1 < d.images.max() <= d.preprocessing.ceiling
     assert not np.any(d.images[~d.brains])  # background exactly 0
     # no subject in two splits; every split used
     per_subject = {s: set(d.split[d.subject == s]) for s in np.unique(d.subject)}
@@ -112,21 +113,26 @@ def test_reader_refuses_incomplete_file(tmp_path):
 def test_killed_writer_leaves_no_complete_file(tmp_path):
     """SIGKILL prepare mid-write: no x.h5 appears, only a .partial that readers refuse."""
     import subprocess
-    import sys
+
+    from child_hooks import start_until
 
     vol, _ = synthetic_volume(shape=(64, 64, 60))
     for i in range(6):
         write_nifti(tmp_path / "src" / f"s{i}.nii.gz", vol)
     out = tmp_path / "x.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "rlp.train.cli", "prepare", str(tmp_path / "src"), "--out", str(out),
-                             "--size", "128", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the child holds still right after its first slices are written into the .partial file
+    hook = ("import h5py\n_set = h5py.Dataset.__setitem__\n"
+            "def _setitem(self, key, value):\n    _set(self, key, value)\n"
+            "    if self.name == '/images':\n        _reached()\n"
+            "h5py.Dataset.__setitem__ = _setitem\n")
+    proc, writing = start_until("rlp.train.cli", ["prepare", tmp_path / "src", "--out", out, "--size", "128", "--quiet"],
+                                hook, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = out.with_name(out.name + ".partial")
-    deadline = time.time() + 60
-    while not partial.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert writing, "prepare never started writing slices (or ended first): nothing was killed mid-write"
+    assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    if partial.exists():
-        with pytest.raises(RlpError):
-            SliceData(partial)
+    assert partial.exists()
+    with pytest.raises(RlpError):
+        SliceData(partial)

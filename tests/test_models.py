@@ -69,10 +69,15 @@ def test_generator_uses_bicubic_upsampling_by_default():
 
 
 def test_models_rebuild_from_their_arch():
-    for m in (models.UNetG(width=4, depth=2), models.PatchD(width=8, n_layers=2), models.CropR(16, width=4, n_down=2)):
+    # (a non-default upsampling too: it changes no parameter, only what the model computes)
+    for m in (models.UNetG(width=4, depth=2), models.UNetG(width=4, depth=2, upsample="bilinear", output="laplace"),
+              models.PatchD(width=8, n_layers=2), models.CropR(16, width=4, n_down=2)):
         clone = models.build(m.arch)
         assert type(clone) is type(m)
         clone.load_state_dict(m.state_dict())  # same parameter layout
+        x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(clone.eval()(x), m.eval()(x), rtol=0, atol=0)  # and the same function
 
 
 def test_head_bias_starts_at_the_mean_target():

@@ -15,7 +15,7 @@ from conftest import run_cli  # noqa: E402
 from rlp.export.cli import main as export_main  # noqa: E402
 from rlp.runtime.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.geometry import WindowGeometry  # noqa: E402
-from rlp.runtime.preprocess import Preprocessing  # noqa: E402
+from rlp.runtime.preprocess import Preprocessing, preprocess_slice  # noqa: E402
 from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
 from rlp.runtime.manifest import load_bundle_manifest  # noqa: E402
 from rlp.train import models  # noqa: E402
@@ -174,8 +174,9 @@ def test_dense_heatmap_matches_pytorch(dense_bundle, dense_run):
         assert b.manifest.paths() == ("g", "r", "r-dense")
         res = b.heatmap_slice(img, path="r-dense")
         geom = b.manifest.geometry
+        x = preprocess_slice(img, b.manifest.preprocessing).image  # the heatmap normalises the slice again
     with torch.no_grad():
-        ref = r(torch.from_numpy(img)[None, None])[0, 0].numpy()
+        ref = r(torch.from_numpy(x)[None, None])[0, 0].numpy()
     assert res.evaluated.any()
     np.testing.assert_allclose(res.window_map[res.evaluated], ref[res.evaluated], rtol=1e-5, atol=1e-6)
     assert (res.window_map[~res.evaluated] == 0).all()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -132,13 +131,11 @@ def test_bomb_fails_fast_without_allocating(tmp_path):
     path = _bomb(tmp_path / "bomb.nii.gz")
     assert path.stat().st_size < 100
     tracemalloc.start()
-    t0 = time.perf_counter()
     with pytest.raises(RlpError, match="over the"):
         load_nifti(path)
-    elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 8 * 2**20
+    assert peak < 8 * 2**20  # refused from the header: no voxel buffer allocated (speed is the bench's to measure)
 
 
 def test_dims_whose_product_overflows_int64_are_refused(tmp_path):

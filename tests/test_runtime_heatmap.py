@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import nibabel as nib
@@ -292,23 +294,37 @@ def test_a_failure_while_moving_files_into_place_removes_the_moved_ones(capsys, 
 def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path):
     """A real Ctrl-C on a long run, in a subprocess."""
     b = make_bundle(tmp_path / "b", size=64, window=8, stride=2)
+    small = write_nifti(tmp_path / "small.nii.gz", phantom((24, 24)))
     f = write_nifti(tmp_path / "big.nii.gz", phantom((64, 64, 200)))
     out = tmp_path / "o"
     # every window of 200 slices, one per model call: minutes of work, so the signal lands mid-run.
     # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test run as a background
     # job (`pytest &`, nohup) hands its children SIGINT ignored, and Python then installs no handler for
     # it, rightly: so the child gets the default back, as from an interactive shell.
-    proc = subprocess.Popen([sys.executable, "-m", "rlp.runtime.cli", str(f), "--bundle", str(b), "--out", str(out),
-                             "--batch", "1", "--threads", "1", "--all-windows", "--path", "g", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "rlp.runtime.cli", str(small), str(f), "--bundle", str(b), "--out",
+                             str(out), "--batch", "1", "--threads", "1", "--all-windows", "--path", "g"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while not out.exists() and time.time() < deadline and proc.poll() is None:  # appears once the bundle is loaded
-        time.sleep(0.05)
-    time.sleep(0.3)
+    # wait (on its stderr, with a deadline) for the line saying the small input is done: the run is then on
+    # the big one, mid-run
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: ([lines.put(ln) for ln in proc.stderr], lines.put(None)), daemon=True)
+    reader.start()
+    err, deadline = [], time.monotonic() + 120
+    while not any("small.nii.gz: max score" in ln for ln in err):
+        try:
+            ln = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            ln = None
+        assert ln is not None, f"the run ended (or stalled) before it reached the big input: {err}"
+        err.append(ln)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    err += [ln for ln in iter(lines.get_nowait, None)]
+    err = "".join(err)
     assert proc.returncode == EX_INTERRUPTED, err
     assert err.strip().splitlines()[-1] == "rlp-heatmap: interrupted" and "Traceback" not in err
-    assert list(out.iterdir()) == []
+    # the finished input's outputs stay; the interrupted one leaves nothing, not even a temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["small_heatmap.nii.gz", "small_overlay.png", "small_summary.json"]

@@ -2,14 +2,13 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from child_hooks import start_until  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from rlp.runtime.cliutil import UsageError  # noqa: E402
 from rlp.runtime.errors import RlpError  # noqa: E402
@@ -82,7 +81,11 @@ def test_tiny_run_writes_the_run_folder(tiny_run):
     recs = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert any("val_l1" in r for r in recs) and any("val_mae" in r for r in recs)
     r = load_checkpoint(tiny_run / "checkpoints" / "predictor_best.pt")
-    assert r["stage"] == "predictor" and r["metrics"]["val_mae"] >= 0 and "val_spearman" in r["metrics"]
+    assert r["stage"] == "predictor" and "val_spearman" in r["metrics"]
+    # better than predicting 0 for every window, whose MAE is the mean target (window losses are >= 0),
+    # and not 0: R only approximates G
+    m = r["metrics"]
+    assert np.isfinite(m["val_mae"]) and 0 < m["val_mae"] < m["val_target_mean"], m
     with np.load(tiny_run / "heldout.npz", allow_pickle=False) as h:
         assert h["images"].shape[1:] == (32, 32) and h["brains"].dtype == bool
 
@@ -98,15 +101,20 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mni_tiny):
     r = run_cli(["-m", "rlp.train.cli", "gan", "--run", str(ref), *args])
     assert r.returncode == 0, r.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "rlp.train.cli", "gan", "--run", str(run), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "gan_last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
+    # the child holds still as soon as its first gan_last.pt is in place (an atomic write ends in os.replace)
+    hook = ("_replace = os.replace\n"
+            "def _hooked(src, dst, *a, **k):\n    _replace(src, dst, *a, **k)\n"
+            "    if os.fspath(dst).endswith('gan_last.pt'):\n        _reached()\n"
+            "os.replace = _hooked\n")
+    proc, saved = start_until("rlp.train.cli", ["gan", "--run", run, *args], hook,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert saved, "the run saved no checkpoint (or ended) before the kill: nothing would be resumed"
+    assert proc.returncode == -signal.SIGKILL
     killed_at, _ = _weights(last)
+    assert 0 < killed_at < 30  # killed mid-run: the resume below has steps left to do
     r = run_cli(["-m", "rlp.train.cli", "gan", "--run", str(run), "--resume", *args])
     assert r.returncode == 0, r.stderr
     s1, w1 = _weights(ref / "checkpoints" / "gan_last.pt")
@@ -209,7 +217,7 @@ def test_predictor_does_not_collapse_to_a_constant(tiny_run):
     boxes = torch.from_numpy(geom.window_boxes()[::7][: len(imgs)])
     inp, _, _ = crops_and_inpaint(imgs[: len(boxes)], boxes, geom)
     with torch.no_grad():
-        pred = r(inp).flatten()
+        pred = r(inp).flatten() * models.target_scale(st["score"])  # a sigmoid R learns the score / its scale
     assert 0.2 * m["val_target_mean"] < float(pred.mean()) < 5 * m["val_target_mean"]
     assert m["val_mae_rel"] < 0.9  # a collapsed head gives 1.0 (it predicts 0)
 

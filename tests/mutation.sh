@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Mutation testing of the contracts and the scoring code with mutmut (config: pyproject.toml [tool.mutmut]).
+# Slow: run it by hand, outside CI. See tests/MUTATION.md.
+#
+#   tests/mutation.sh 'rlp.runtime.preprocess.*'      # the mutants of one module
+#   tests/mutation.sh                                  # every module in only_mutate (hours)
+#
+# mutmut names a mutant after the module path of the file it mutates and checks it against the module the
+# tests import, so the packages (runtime/, bench/, ... installed as rlp.runtime, rlp.bench, ...) are copied
+# into a src/rlp layout in a scratch folder, with tests/ and pyproject.toml; mutmut writes its mutants/
+# there. Nothing in the checkout is touched. Environment: RLP_MUTATION_DIR (default
+# ${TMPDIR:-/tmp}/rlp-mutation, emptied first), PYTHON (default the checkout's .venv), JOBS (default 2).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${RLP_MUTATION_DIR:-${TMPDIR:-/tmp}/rlp-mutation}
+python=${PYTHON:-$repo/.venv/bin/python}
+case "$work" in "" | / | "$repo" | "$repo"/*) echo "mutation.sh: refusing to use $work as the scratch folder" >&2; exit 2 ;; esac
+
+rm -rf "$work"
+mkdir -p "$work/src/rlp"
+for pkg in runtime bench export train; do
+    cp -r "$repo/$pkg" "$work/src/rlp/$pkg"
+done
+cp -r "$repo/tests" "$work/tests"
+cp "$repo/pyproject.toml" "$work/pyproject.toml"
+find "$work" -name __pycache__ -type d -prune -exec rm -rf {} +
+
+cd "$work"
+# the copies, not the checkout's editable install, must be what `import rlp.runtime` finds
+PYTHONPATH="$work/src${PYTHONPATH:+:$PYTHONPATH}" "$python" -c \
+    'import rlp.runtime.preprocess as m, sys; p = m.__file__; sys.exit(0 if p.startswith(sys.argv[1]) else f"rlp imports from {p}")' "$work/src"
+
+status=0
+"$python" -m mutmut run --max-children "${JOBS:-2}" "$@" || status=$?
+"$python" -m mutmut export-cicd-stats >/dev/null 2>&1 || true
+echo
+echo "scratch folder: $work (mutmut results / mutmut show NAME / mutmut browse run there)"
+[ -f mutants/mutmut-cicd-stats.json ] && cat mutants/mutmut-cicd-stats.json && echo
+exit "$status"
