@@ -73,7 +73,9 @@ def _export(args: argparse.Namespace) -> int:
     reporter.print(table(result, "parity gate: passed"))
     files = [m.file for m in manifest.models.values()] + [e.file for e in manifest.engines]
     reporter.line(f"wrote {args.out} ({', '.join(['manifest.json'] + files)})")
-    reporter.line(f"next: rlp-heatmap SLICE.nii.gz --bundle {shlex.quote(str(args.out))}")
+    paths = manifest.paths()  # a bundle without R runs on G's path: the hint must work as printed
+    path = "" if "r" in paths or not paths else f" --path {paths[0]}"
+    reporter.line(f"next: rlp-heatmap SLICE.nii.gz --bundle {shlex.quote(str(args.out))}{path}")
     return 0
 
 

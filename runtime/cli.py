@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume; none: the demo slices that ship "
                         "with rlp (held-out MNI152 slices with synthetic lesions), with a table of top-window hits")
     p.add_argument("--bundle", metavar="DIR",
-                   help="model bundle written by rlp-export (required: this install has no embedded demo bundle yet)")
+                   help="model bundle written by rlp-export (default: the embedded demo bundle)" if default_bundle()
+                   else "model bundle written by rlp-export (required: this install has no embedded demo bundle)")
     p.add_argument("--out", metavar="DIR", default="rlp-out", help="output folder (default: ./rlp-out)")
     p.add_argument("--path", type=_heatmap_path, default="r",
                    help="r: the bundle's predictor (default, fast); r-NAME: a predictor variant the bundle also holds; "

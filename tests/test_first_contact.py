@@ -1,0 +1,34 @@
+"""First contact (#20): the help and the hints say what is true and work as printed."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_nifti
+
+
+def test_heatmap_help_says_the_demo_bundle_is_the_default():
+    r = run_cli(["-m", "rlp.runtime.cli", "--help"])
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "default: the embedded demo bundle" in text and "no embedded demo bundle" not in text
+
+
+def test_the_export_hint_for_a_g_only_bundle_works_as_printed(tiny_run, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "g only"
+    r = run_cli(["-m", "rlp.export.cli", str(tiny_run), "--out", str(out), "--models", "g"])
+    assert r.returncode == 0, r.stderr
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("next: "))
+    argv = shlex.split(hint[len("next: "):])
+    assert argv[0] == "rlp-heatmap" and "--path" in argv and argv[argv.index("--path") + 1] == "g"
+    with np.load(tiny_run / "heldout.npz") as z:
+        image = z["images"][0]
+    f = write_nifti(tmp_path / "s.nii.gz", (image * 1000).astype(np.int16)[:, :, None])
+    argv = [str(f) if a == "SLICE.nii.gz" else a for a in argv[1:]]
+    done = run_cli(["-m", "rlp.runtime.cli", *argv, "--out", str(tmp_path / "o"), "--quiet"])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "s_heatmap.nii.gz").is_file()
