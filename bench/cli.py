@@ -71,7 +71,7 @@ outputs (in --out, written atomically; an existing --out is refused without --fo
   latency.png, memory.png, panels.png   bars per row; input, lesion, G and R heatmaps for a few slices
 
 exit status: 0 every row ran; 70 a row failed (the report is still written); 2 usage; 65 bad input;
-66 input or bundle missing; 73 cannot create --out; 130 interrupted.
+66 input or bundle missing; 73 cannot create --out; 130 interrupted; 143 terminated (SIGTERM).
 """
 
 

@@ -3,7 +3,7 @@
 Exit codes (sysexits): 0 ok; 2 usage; 65 bad input or a failed parity gate;
 66 input missing; 70 exporter or TensorRT failure, or --trt without TensorRT/GPU;
 73 cannot create the output (exists without --force, disk full); 77 refused for
-security (e.g. a checkpoint that would run code); 130 interrupted.
+security (e.g. a checkpoint that would run code); 130 interrupted; 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations

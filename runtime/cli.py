@@ -54,7 +54,8 @@ or with one value everywhere, get a heatmap of 0 and a warning.
 
 exit status: 0 all inputs done; otherwise the first failure's code: 2 usage, 65 bad input
 data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot create output,
-74 I/O error, 77 refused for security (bundle hashes, paths, custom operators), 130 interrupted.
+74 I/O error, 77 refused for security (bundle hashes, paths, custom operators), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM: the same cleanup as Ctrl-C).
 """
 
 

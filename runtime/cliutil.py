@@ -3,26 +3,48 @@
 Modelled on Polygraphy's ``_main``: the command returns a status; an
 :class:`RlpError` prints ``prog: path: problem`` to stderr with no traceback and
 exits with its sysexits code; Ctrl-C exits 130 (callers remove partial outputs
-in their own ``finally``/``except`` blocks, which run before this).
+in their own ``finally``/``except`` blocks, which run before this). SIGTERM (what
+``kill``, ``timeout``, schedulers and container runtimes send) takes the same
+path: it raises :class:`Terminated`, a ``KeyboardInterrupt``, so every cleanup that
+handles Ctrl-C handles it too, and the command exits 143 (128 + 15).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from .errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, RlpError
 
 
+EX_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that the cleanups written for Ctrl-C run."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_main(prog: str, body: Callable[[], int | None]) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = body()
         return 0 if rc is None else int(rc)
     except RlpError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.code
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EX_TERMINATED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EX_INTERRUPTED
@@ -36,6 +58,9 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         except OSError:
             pass
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def exit_with(prog: str, body: Callable[[], int | None]) -> None:

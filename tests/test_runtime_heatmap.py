@@ -291,8 +291,11 @@ def test_a_failure_while_moving_files_into_place_removes_the_moved_ones(capsys, 
     assert list(out.iterdir()) == []  # ...and removed again
 
 
-def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path):
-    """A real Ctrl-C on a long run, in a subprocess."""
+@pytest.mark.parametrize("sig, code, last", [(signal.SIGINT, EX_INTERRUPTED, "rlp-heatmap: interrupted"),
+                                             (signal.SIGTERM, 143, "rlp-heatmap: terminated (SIGTERM)")])
+def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path, sig, code, last):
+    """A real Ctrl-C (or the SIGTERM of kill, timeout and schedulers: the same cleanup, exit 143) on a long
+    run, in a subprocess."""
     b = make_bundle(tmp_path / "b", size=64, window=8, stride=2)
     small = write_nifti(tmp_path / "small.nii.gz", phantom((24, 24)))
     f = write_nifti(tmp_path / "big.nii.gz", phantom((64, 64, 200)))
@@ -319,12 +322,12 @@ def test_sigint_exits_130_and_leaves_no_partial_files(tmp_path):
         assert ln is not None, f"the run ended (or stalled) before it reached the big input: {err}"
         err.append(ln)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.wait(timeout=30)
     reader.join(timeout=30)
     err += [ln for ln in iter(lines.get_nowait, None)]
     err = "".join(err)
-    assert proc.returncode == EX_INTERRUPTED, err
-    assert err.strip().splitlines()[-1] == "rlp-heatmap: interrupted" and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == last and "Traceback" not in err
     # the finished input's outputs stay; the interrupted one leaves nothing, not even a temporary file
     assert sorted(p.name for p in out.iterdir()) == ["small_heatmap.nii.gz", "small_overlay.png", "small_summary.json"]
