@@ -296,6 +296,8 @@ def resolve_inside(bundle: Path, rel: str, what: str = "file") -> Path:
     """``bundle / rel``, refusing anything that leaves the bundle or is a link."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
         raise SecurityRefusal(f"{what} path {rel!r} must be relative to the bundle", bundle)
+    if "\x00" in rel:
+        raise SecurityRefusal(f"{what} path {rel!r} holds a NUL byte", bundle)
     parts = Path(rel).parts
     if any(p in ("..", "") for p in parts):
         raise SecurityRefusal(f"{what} path {rel!r} leaves the bundle", bundle)
@@ -331,6 +333,34 @@ def verify_file(bundle: Path, rel: str, sha256: str, size: int | None) -> Path:
     return p
 
 
+#: limits checked before a manifest is parsed (it is untrusted input; the real ones are about 12 KB, 6 levels)
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_DEPTH = 32
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text`` (brackets inside strings ignored), without
+    parsing it: a document nested thousands deep would otherwise exhaust the parser's recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def load_bundle_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     """Read ``manifest.json`` and (by default) verify every listed file's size and hash."""
     bundle = Path(bundle)
@@ -342,7 +372,16 @@ def load_bundle_manifest(bundle: str | os.PathLike, verify: bool = True) -> Mani
             raise BadInput(f"{MANIFEST} is not a regular file; {REBUILD}", mpath)
         raise InputMissing(f"no {MANIFEST}; is this an rlp bundle? {REBUILD}", bundle)
     try:
-        d = json.loads(mpath.read_text(encoding="utf-8"))
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:  # refused before it is read: a manifest is kilobytes
+            raise BadInput(f"manifest is {size} bytes, more than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest can be; "
+                           f"{REBUILD}", mpath)
+        text = mpath.read_text(encoding="utf-8")
+        depth = json_depth(text)
+        if depth > MAX_MANIFEST_DEPTH:
+            raise BadInput(f"manifest nests {depth} levels deep, more than the {MAX_MANIFEST_DEPTH} a manifest can; "
+                           f"{REBUILD}", mpath)
+        d = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"manifest is not valid JSON ({exc}); {REBUILD}", mpath) from None
     except OSError as exc:
