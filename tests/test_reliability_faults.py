@@ -186,3 +186,46 @@ def test_a_second_prepare_or_reader_during_a_write_is_a_clean_error(tmp_path):
     assert not out.exists()
     with h5py.File(partial, "r") as f:  # the first writer's file, whole
         np.testing.assert_array_equal(f["images"][:], np.arange(1000))
+
+
+def test_an_interrupt_right_after_the_partial_file_is_created_removes_it(tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGTERM) landing between the .partial file's creation and the code that cleans it up."""
+    pytest.importorskip("h5py")
+    from rlp.train import data
+
+    vol, _ = synthetic_volume(shape=(30, 30, 12))
+    write_nifti(tmp_path / "src" / "a.nii.gz", vol)
+    out = tmp_path / "d" / "slices.h5"
+    create = data._create_partial
+
+    def create_then_interrupt(h5py, partial):
+        f = create(h5py, partial)
+        f.close()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "_create_partial", create_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(str(tmp_path / "src"), out, size=32, quiet=True)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_hdf5_failing_to_close_is_a_clean_error_that_leaves_nothing(tmp_path, monkeypatch):
+    """h5py raises RuntimeError from a close that cannot flush (a file-size limit hit at close)."""
+    h5py = pytest.importorskip("h5py")
+    from rlp.train import data
+
+    vol, _ = synthetic_volume(shape=(30, 30, 12))
+    write_nifti(tmp_path / "src" / "a.nii.gz", vol)
+    out = tmp_path / "d" / "slices.h5"
+    close = h5py.File.close
+    calls = []
+
+    def failing_close(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Can't decrement id ref count (unable to flush file's cached information)")
+        return close(self)
+    monkeypatch.setattr(h5py.File, "close", failing_close)
+    with pytest.raises(RlpError, match="cannot write the dataset") as exc:
+        data.prepare(str(tmp_path / "src"), out, size=32, quiet=True)
+    assert "\n" not in str(exc.value) and "nothing was written" in str(exc.value)
+    assert list(out.parent.iterdir()) == []

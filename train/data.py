@@ -146,11 +146,12 @@ def prepare(
         percentile = Preprocessing().percentile if version == CURRENT_VERSION else 99.5
     pre = Preprocessing(size=size, percentile=percentile, nonfinite="error", version=version)
     partial = out.with_name(out.name + ".partial")
-    f = _create_partial(h5py, partial)
     n_empty = 0
     bad: list[str] = [str(e) for e in bad_errors]
     sources = []
-    try:
+    f = None
+    try:  # from the partial file's creation on: a Ctrl-C or SIGTERM at any point removes it
+        f = _create_partial(h5py, partial)
         with f:
             images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
                                       chunks=(1, size, size), compression="lzf")
@@ -229,14 +230,23 @@ def prepare(
         with open(partial, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, out)
-    except OSError as exc:  # disk full, I/O error, or the partial file removed under us
-        _close_after_failure(f)
-        partial.unlink(missing_ok=True)
-        code = EX_CANTCREAT if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EX_IOERR
-        reason = os.strerror(exc.errno) if exc.errno else one_line(exc)  # not HDF5's page of details
+    except CannotCreate:  # _create_partial's own refusal (another writer's file): not ours to remove
+        raise
+    except (OSError, RuntimeError) as exc:  # disk full (h5py raises RuntimeError from a close that cannot
+        # flush, e.g. past a file-size limit), I/O error, or the partial file removed under us
+        if f is not None:  # created by this run: remove it
+            _close_after_failure(f)
+            partial.unlink(missing_ok=True)
+        errno_ = getattr(exc, "errno", None)
+        code = EX_CANTCREAT if errno_ in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EX_IOERR
+        reason = os.strerror(errno_) if errno_ else one_line(exc)  # not HDF5's page of details
         raise RlpError(f"cannot write the dataset ({reason}); nothing was written", out, code) from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        if f is not None:  # created by this run: remove it
+            _close_after_failure(f)
+            partial.unlink(missing_ok=True)
+        else:  # interrupted while creating it: ours or a dead writer's, unless a live writer holds it
+            _remove_unless_locked(h5py, partial)
         raise
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     return {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
@@ -274,6 +284,19 @@ def _bad_volumes(errors: list[RlpError], source: str) -> RlpError:
     listed = "; ".join(str(e) for e in errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
     return RlpError(f"{len(errors)} bad volume(s), nothing written (fix them or pass --skip-bad): {listed}",
                     source, errors[0].code)
+
+
+def _remove_unless_locked(h5py, partial: Path) -> None:
+    """Remove ``partial`` unless a live writer holds its HDF5 lock."""
+    if not (partial.exists() or partial.is_symlink()):
+        return
+    try:
+        h5py.File(partial, "r").close()
+    except BlockingIOError:
+        return
+    except OSError:
+        pass
+    partial.unlink(missing_ok=True)
 
 
 def _create_partial(h5py, partial: Path):
