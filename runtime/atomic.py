@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import errno
 import json
 import os
@@ -59,6 +60,24 @@ def _exchange(new: Path, old: Path) -> bool:
     raise OSError(err, os.strerror(err), str(old))
 
 
+#: the longest file name most file systems take (ext4, xfs, btrfs, APFS: 255 bytes)
+NAME_MAX = 255
+
+
+def temp_prefix(name: str, suffix: str = "") -> str:
+    """``mkstemp``'s prefix for a temporary file beside ``name``: ``.name.``, shortened (with a hash of the
+    whole name, so that two long names stay apart) where the temporary name would pass :data:`NAME_MAX`
+    although ``name`` itself fits."""
+    room = NAME_MAX - len(os.fsencode(suffix)) - 8 - 2  # mkstemp's 8 random characters, the dot and the dot
+    if len(os.fsencode(name)) <= room:
+        return f".{name}."
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    cut = name
+    while len(os.fsencode(cut)) > max(1, room - 9):
+        cut = cut[:-1]
+    return f".{cut}~{digest}."
+
+
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -84,7 +103,7 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True, suffix: str = ".
         raise CannotCreate("exists; pass --force to overwrite", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, suffix), suffix=suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         _raise_for(exc, path)
@@ -132,7 +151,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         raise CannotCreate("exists; pass --force to overwrite", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, ".partial"), suffix=".partial", dir=path.parent))
     except OSError as exc:
         _raise_for(exc, path)
     try:
@@ -142,7 +161,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         if path.exists() and _exchange(tmp, path):
             old = tmp  # the old folder, now under the temporary name
         elif path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, ".old"), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
         if old is not tmp:
             os.replace(tmp, path)
@@ -256,7 +275,8 @@ class StagedSet:
             return self.temps[key]
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix or _suffix_of(out.name), dir=out.parent)
+            sfx = suffix or _suffix_of(out.name)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(out.name, sfx), suffix=sfx, dir=out.parent)
             os.close(fd)
         except OSError as exc:
             _raise_for(exc, out)
@@ -328,7 +348,7 @@ def _publish(staged: StagedSet, force: bool) -> None:
                 continue
             aside = None
             if os.path.lexists(out):  # no atomic swap on this system: move the old file aside first
-                fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)
+                fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name, ".old"), suffix=".old", dir=out.parent)
                 os.close(fd)
                 aside = Path(name)
                 try:

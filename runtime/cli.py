@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .atomic import OutputExists, atomic_set
+from .atomic import NAME_MAX, OutputExists, atomic_set
 from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
@@ -270,6 +270,10 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
              progress, label: str, inputs: dict | None = None) -> dict:
     stem = nifti_stem(inp)
     outputs = _outputs(out_dir, stem, args.save_window_map)
+    for p in outputs.values():  # checked before any file-system call could fail with ENAMETOOLONG
+        if len(os.fsencode(p.name)) > NAME_MAX:
+            raise CannotCreate(f"its output name {p.name[:24]}...{p.name[-24:]} would be {len(os.fsencode(p.name))} "
+                               f"bytes, more than the {NAME_MAX} a file name can have; rename the input", inp)
     if stem in seen:
         raise CannotCreate(f"its outputs would overwrite those of {seen[stem]} (same name {stem!r}); rename one", inp)
     clash = _overwrites_input(outputs, _input_files([inp]) if inputs is None else inputs)
