@@ -99,7 +99,7 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True, suffix: str = ".
     that choose a format by extension need the real one, e.g. ``".nii.gz"``).
     """
     path = Path(path)
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise CannotCreate("exists; pass --force to overwrite", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

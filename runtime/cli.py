@@ -282,7 +282,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
                            "overwritten, even with --force (choose another --out)", inp)
     if not args.force:  # a quick check before the work; the one that counts is made under the lock when writing
         for p in outputs.values():
-            if p.exists():
+            if os.path.lexists(p):  # a dangling link there is an output too: never replaced without --force
                 raise CannotCreate(f"output {p} exists; pass --force to overwrite", inp)
     task = None
     if progress is not None:

@@ -8,6 +8,7 @@ the top and print it without a traceback.
 from __future__ import annotations
 
 import os
+import re
 
 EX_OK = 0
 EX_USAGE = 2
@@ -20,6 +21,16 @@ EX_NOPERM = 77
 EX_INTERRUPTED = 130
 
 
+#: terminal escape sequences (colours, cursor moves) that libraries put in their messages
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name, ESC) written as escapes, so that an error
+    stays on one line and cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class RlpError(Exception):
     """A user-facing error: ``<path>: <message>``, with a sysexits exit code."""
 
@@ -30,8 +41,8 @@ class RlpError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        msg = " ".join(str(self.message).split())  # always one line
-        return f"{self.path}: {msg}" if self.path else msg
+        msg = _printable(" ".join(_ANSI.sub("", str(self.message)).split()))  # always one line, no terminal codes
+        return f"{_printable(self.path)}: {msg}" if self.path else msg
 
 
 class InputMissing(RlpError):
