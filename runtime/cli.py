@@ -356,10 +356,22 @@ def _run(args) -> int:
     _coarse(args)  # usage errors before any work
     bundle.check_method(args.path, args.method)  # a usage error for a model it cannot serve; notes join the backend's
     out_dir = Path(args.out)
+    made = [p for p in (out_dir, *out_dir.parents) if not os.path.lexists(p)]  # folders this call creates
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CannotCreate(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from None
+    try:
+        return _run_inputs(args, bundle, backend, out_dir)
+    finally:  # every input failed (or an interrupt): no empty folder is left behind by this call
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                break
+
+
+def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
     if not args.quiet:
         auto = backend.details.get("auto")
         how = ""

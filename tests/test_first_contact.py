@@ -32,3 +32,18 @@ def test_the_export_hint_for_a_g_only_bundle_works_as_printed(tiny_run, tmp_path
     done = run_cli(["-m", "rlp.runtime.cli", *argv, "--out", str(tmp_path / "o"), "--quiet"])
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "s_heatmap.nii.gz").is_file()
+
+
+def test_no_empty_output_folder_is_left_when_every_input_fails(tmp_path):
+    from runtime_helpers import make_bundle
+
+    b = make_bundle(tmp_path / "b")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    out = tmp_path / "new" / "out"
+    r = run_cli(["-m", "rlp.runtime.cli", str(bad), "--bundle", str(b), "--out", str(out)])
+    assert r.returncode != 0 and not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    r = run_cli(["-m", "rlp.runtime.cli", str(bad), "--bundle", str(b), "--out", str(existing)])
+    assert r.returncode != 0 and existing.is_dir()  # a folder the user made stays
