@@ -16,17 +16,19 @@ from pathlib import Path
 from rlp.runtime.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.manifest import PATH_PATTERN
 
-from .onnx_export import DEFAULT_OPSET
-from .run import ROLES
 
 PROG = "rlp-export"
 
 
-_models = comma_subset(ROLES, PATH_PATTERN, " (and predictor variants r-NAME)")
 _positive = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # torch and onnx, imported here (inside run_main) so that an install without them gets one line naming the extra
+    from .onnx_export import DEFAULT_OPSET
+    from .run import ROLES
+
+    _models = comma_subset(ROLES, PATH_PATTERN, " (and predictor variants r-NAME)")
     p = OneLineParser(
         prog=PROG,
         description="Export a trained rlp run (G and/or R) to an ONNX bundle for the torch-free runtime, "

@@ -22,6 +22,12 @@ from .errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, RlpError
 
 
 EX_TERMINATED = 128 + signal.SIGTERM
+#: optional dependencies, and how to install them (the README's Install table)
+_TRAIN = "pip install torch==2.13.0 && pip install -e '.[cpu,train]'"
+EXTRAS = {"torch": _TRAIN, "h5py": _TRAIN, "nilearn": _TRAIN,
+          "onnx": "pip install -e '.[cpu]' (or '.[gpu]'); to export, also '.[export]'",
+          "onnxscript": "pip install -e '.[export]' (with torch: " + _TRAIN + ")",
+          "onnxruntime": "pip install -e '.[cpu]' (or '.[gpu]' for NVIDIA GPUs)"}
 
 
 class Terminated(KeyboardInterrupt):
@@ -50,6 +56,13 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         return EX_INTERRUPTED
     except MemoryError:
         print(f"{prog}: out of memory", file=sys.stderr)
+        return EX_SOFTWARE
+    except ModuleNotFoundError as exc:  # an optional dependency of this command, on a lighter install
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise  # not an optional dependency: a bug, with its traceback
+        print(f"{prog}: this command needs the Python package {exc.name.split('.')[0]!r}, which is not installed: "
+              f"{extra}", file=sys.stderr)
         return EX_SOFTWARE
     except BrokenPipeError:
         # Output closed early (e.g. piped into head): not an error of ours.

@@ -47,3 +47,18 @@ def test_no_empty_output_folder_is_left_when_every_input_fails(tmp_path):
     existing.mkdir()
     r = run_cli(["-m", "rlp.runtime.cli", str(bad), "--bundle", str(b), "--out", str(existing)])
     assert r.returncode != 0 and existing.is_dir()  # a folder the user made stays
+
+
+@pytest.mark.parametrize("module, blocked, argv", [
+    ("rlp.train.cli", "h5py", ["prepare", "mni152", "--out", "x.h5"]),
+    ("rlp.train.cli", "torch", ["gan", "--preset", "tiny", "--data", "x.h5", "--run", "r"]),
+    ("rlp.export.cli", "torch", ["run", "--out", "b"]),
+])
+def test_a_lighter_install_gets_one_line_naming_the_extra(tmp_path, module, blocked, argv):
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"  # as on the heatmap-only install ('.[cpu]')
+            f"from {module} import main\nsys.exit(main({argv!r}))")
+    r = run_cli(["-c", code], cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 70 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"needs the Python package {blocked!r}" in lines[0] and "pip install" in lines[0]
+    assert not any(tmp_path.iterdir())
