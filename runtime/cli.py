@@ -341,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not os.environ.get("RLP_DEBUG"):  # library RuntimeWarnings are not for users; our own notes are
                 warnings.simplefilter("ignore")
+            args.done = []
             rc = _run(args)
             if demo:
                 _demo_table(args)
@@ -389,6 +390,8 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
             label = f"[{n}/{len(args.inputs)}] {Path(inp).name}"
             report, code = _attempt(inp, args, bundle, backend, out_dir, seen, progress, label, inputs)
             reports.append(report)
+            if code == EX_OK and isinstance(getattr(args, "done", None), list):
+                args.done.append(inp)  # what this call computed: the demo's table shows only these
             first_failure = first_failure or code
             if code == EX_OK and not args.quiet:
                 for w in report["warnings"]:
@@ -412,7 +415,7 @@ def _demo_table(args) -> None:
     for col in ("slice", "lesion", "max score", "top window (voxel)", "hits lesion"):
         t.add_column(col, no_wrap=True)
     hits = n = 0
-    for inp in args.inputs:
+    for inp in getattr(args, "done", args.inputs):  # only the inputs this call computed, never an earlier run's
         summary = Path(args.out) / f"{nifti_stem(inp)}_summary.json"
         mask_file = Path(inp).with_name(f"{nifti_stem(inp)}{LESION_SUFFIX}.nii.gz")
         if not summary.is_file() or not mask_file.is_file():

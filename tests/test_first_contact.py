@@ -62,3 +62,11 @@ def test_a_lighter_install_gets_one_line_naming_the_extra(tmp_path, module, bloc
     assert r.returncode == 70 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"needs the Python package {blocked!r}" in lines[0] and "pip install" in lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_rerunning_the_demo_shows_no_table_of_an_earlier_run(tmp_path):
+    first = run_cli(["-m", "rlp.runtime.cli", "--quiet"], cwd=tmp_path)
+    assert first.returncode == 0 and "top window in the lesion" in first.stdout
+    again = run_cli(["-m", "rlp.runtime.cli", "--quiet"], cwd=tmp_path)  # every output exists: nothing computed
+    assert again.returncode == 73 and "exists; pass --force" in again.stderr
+    assert "top window in the lesion" not in again.stdout and "rlp demo" not in again.stdout
