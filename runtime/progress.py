@@ -1,12 +1,16 @@
-"""Rich progress bars on stderr; ``quiet`` (or a stderr that is not a terminal) turns them off.
+"""Rich progress bars on stderr; ``quiet`` turns them off.
 
-Off a terminal (logs, CI, pipes) a bar would only print its final frame among the
-error lines, so it is not shown at all.
+Off a terminal (logs, CI, pipes, nohup) a bar would only print its final frame
+among the error lines; there a plain line per task is printed instead, at most
+every ``RLP_PROGRESS_INTERVAL`` seconds (default 30), so that a long job piped to
+a log shows that it is alive and how far it got.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,6 +30,45 @@ class _Silent:
         pass
 
 
+class _Lines:
+    """Off a terminal: ``description: completed/total (percent), elapsed[, fields]`` per task, rate-limited."""
+
+    def __init__(self, console: Console, interval: float):
+        self.console = console
+        self.interval = interval
+        self.tasks: dict[int, dict] = {}
+
+    def add_task(self, description: str = "", total=None, completed: float = 0, **fields) -> int:
+        tid = len(self.tasks)
+        now = time.monotonic()
+        self.tasks[tid] = {"description": description, "total": total, "completed": completed, "fields": fields,
+                           "start": now, "said": now}
+        return tid
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + advance)
+
+    def update(self, task: int, completed=None, total=None, description=None, advance=None, **fields) -> None:
+        t = self.tasks[task]
+        if advance is not None:
+            completed = t["completed"] + advance
+        for key, value in (("completed", completed), ("total", total), ("description", description)):
+            if value is not None:
+                t[key] = value
+        t["fields"].update(fields)
+        now = time.monotonic()
+        if now - t["said"] >= self.interval:
+            t["said"] = now
+            done, total = t["completed"], t["total"]
+            of = f"/{total:g} ({100 * done / total:.0f}%)" if total else ""
+            info = " ".join(str(v) for v in t["fields"].values() if v not in (None, ""))
+            self.console.print(f"{t['description']}: {done:g}{of}, {now - t['start']:.0f} s" + (f", {info}" if info else ""),
+                               markup=False, highlight=False, soft_wrap=True)
+
+    def remove_task(self, task: int) -> None:
+        self.tasks.pop(task, None)
+
+
 @contextlib.contextmanager
 def progress(quiet: bool = False, extra: str | None = None, *, transient: bool = False, silent=_Silent):
     """A rich progress bar on stderr; ``silent()`` (a no-op bar by default) where none is shown.
@@ -34,8 +77,18 @@ def progress(quiet: bool = False, extra: str | None = None, *, transient: bool =
     appear above it. ``transient`` removes the bar when the block ends.
     """
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if quiet:
         yield silent()
+        return
+    if not console.is_terminal:
+        if silent is not _Silent:  # the caller shows its own progress off a terminal
+            yield silent()
+            return
+        try:
+            interval = float(os.environ.get("RLP_PROGRESS_INTERVAL", "30"))
+        except ValueError:
+            interval = 30.0
+        yield _Lines(console, interval)
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     if extra:

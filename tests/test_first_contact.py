@@ -70,3 +70,16 @@ def test_rerunning_the_demo_shows_no_table_of_an_earlier_run(tmp_path):
     again = run_cli(["-m", "rlp.runtime.cli", "--quiet"], cwd=tmp_path)  # every output exists: nothing computed
     assert again.returncode == 73 and "exists; pass --force" in again.stderr
     assert "top window in the lesion" not in again.stdout and "rlp demo" not in again.stdout
+
+
+def test_training_piped_to_a_log_prints_progress_lines(tmp_path, mni_tiny):
+    pytest.importorskip("torch")
+    r = run_cli(["-m", "rlp.train.cli", "gan", "--preset", "tiny", "--data", str(mni_tiny), "--run", str(tmp_path / "r"),
+                 "--gan-steps", "12", "--threads", "1"], env={"RLP_PROGRESS_INTERVAL": "0"})
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("training gan: ")]
+    assert len(lines) >= 10 and "12/12 (100%)" in lines[-1] and "l1_box=" in lines[-1]
+    quiet = run_cli(["-m", "rlp.train.cli", "gan", "--preset", "tiny", "--data", str(mni_tiny), "--run",
+                     str(tmp_path / "q"), "--gan-steps", "12", "--threads", "1", "--quiet"],
+                    env={"RLP_PROGRESS_INTERVAL": "0"})
+    assert quiet.returncode == 0 and "training gan" not in quiet.stderr
