@@ -253,6 +253,9 @@ def _schema_problem(d: dict) -> str | None:
         d.get("geometry"), _GEOMETRY, "geometry")
     if problem:
         return problem
+    loss = d.get("loss", {})
+    if not isinstance(loss, dict) or not isinstance(loss.get("kind", "l1"), str):
+        return f"loss is {loss!r}, not an object with a string kind"
     prep, geom = d["preprocessing"], d["geometry"]
     for where, v in (("preprocessing.size", prep.get("size")), *((f"geometry.{k}", geom.get(k))
                                                                  for k in ("size", "window", "stride", "context"))):

@@ -48,3 +48,13 @@ def test_a_nul_byte_in_a_model_path_is_refused_in_one_line(tmp_path):
     with pytest.raises(SecurityRefusal, match="NUL byte") as exc:
         load_bundle_manifest(b)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("loss", [True, [], "z", {"kind": 3}])
+def test_a_loss_that_is_not_an_object_with_a_string_kind_is_malformed(tmp_path, loss):
+    b = make_bundle(tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["loss"] = loss
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BadInput, match="malformed manifest"):
+        load_bundle_manifest(b)
