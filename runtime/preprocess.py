@@ -38,7 +38,9 @@ from scipy import ndimage
 from .errors import BadInput
 
 
-#: normalisation versions: the ceiling each clips to (what a manifest's preprocessing.version names)
+#: normalisation versions (what a manifest's preprocessing.version names): the percentile of brain voxels each
+#: divides by unless told otherwise, and the ceiling each clips to
+PERCENTILES = {1: 99.5, 2: 90.0}
 CEILINGS = {1: 1.0, 2: 4.0}
 DESCRIPTIONS = {1: "clip(x / percentile(brain voxels), 0, 1) * brain",
                 2: "clip(x / percentile(brain voxels), 0, ceiling) * brain"}
@@ -48,7 +50,7 @@ CURRENT_VERSION = 2
 @dataclass(frozen=True)
 class Preprocessing:
     size: int = 256
-    percentile: float = 90.0  # version 2's; version 1 bundles record their 99.5
+    percentile: float | None = None  # None: the version's own (PERCENTILES)
     nonfinite: str = "error"  # "error" | "zero"
     interpolation_order: int = 1
     antialias: bool = True
@@ -61,6 +63,8 @@ class Preprocessing:
         if self.version not in CEILINGS:
             raise BadInput(f"preprocessing version {self.version!r} is not known to this rlp "
                            f"(it knows {', '.join(map(str, CEILINGS))}); upgrade rlp")
+        if self.percentile is None:
+            object.__setattr__(self, "percentile", PERCENTILES[self.version])
 
     @property
     def ceiling(self) -> float:
@@ -79,7 +83,7 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> "Preprocessing":
         keys = {"size", "percentile", "nonfinite", "interpolation_order", "antialias", "min_brain_pixels"}
         # written before versions existed: version 1 (the 99.5th percentile, clip at 1.0)
-        return cls(**{"percentile": 99.5} | {k: d[k] for k in keys if k in d}, version=d.get("version", 1))
+        return cls(**{k: d[k] for k in keys if k in d}, version=d.get("version", 1))
 
 
 # Input pixels one model pixel may span along an axis: beyond this the voxel sizes are absurd

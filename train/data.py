@@ -127,7 +127,7 @@ def prepare(
     seed: int = 0,
     force: bool = False,
     quiet: bool = False,
-    percentile: float | None = None,
+    percentile: float | None = None,  # None: the version's own
     version: int = CURRENT_VERSION,
 ) -> dict:
     """Build the slice dataset; returns a summary dict."""
@@ -142,8 +142,6 @@ def prepare(
     subjects, bad_errors = _preflight(subjects)
     if bad_errors and not skip_bad:
         raise _bad_volumes(bad_errors, source)
-    if percentile is None:  # the version's own reference: the 90th percentile (2) or the 99.5th (1)
-        percentile = Preprocessing().percentile if version == CURRENT_VERSION else 99.5
     pre = Preprocessing(size=size, percentile=percentile, nonfinite="error", version=version)
     partial = out.with_name(out.name + ".partial")
     n_empty = 0
@@ -286,36 +284,34 @@ def _bad_volumes(errors: list[RlpError], source: str) -> RlpError:
                     source, errors[0].code)
 
 
-def _remove_unless_locked(h5py, partial: Path) -> None:
-    """Remove ``partial`` unless a live writer holds its HDF5 lock."""
+_LIVE_WRITER = "another process is writing it (HDF5 file lock); wait for it to finish"
+
+
+def _remove_unless_locked(h5py, partial: Path) -> bool:
+    """Remove ``partial`` unless a live writer holds its HDF5 lock; False when one does."""
     if not (partial.exists() or partial.is_symlink()):
-        return
+        return True
     try:
-        h5py.File(partial, "r").close()
+        h5py.File(partial, "r").close()  # a writer holds an exclusive lock: this raises BlockingIOError
     except BlockingIOError:
-        return
+        return False
     except OSError:
-        pass
+        pass  # left by a killed writer (not even a valid HDF5 file)
     partial.unlink(missing_ok=True)
+    return True
 
 
 def _create_partial(h5py, partial: Path):
     """Create ``partial`` for writing; a live writer's file (HDF5 lock) is a clean error, a dead one's is replaced."""
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        if partial.exists() or partial.is_symlink():
-            try:
-                h5py.File(partial, "r").close()  # a writer holds an exclusive lock: this raises BlockingIOError
-            except BlockingIOError:
-                raise
-            except OSError:
-                pass  # left by a killed writer (not even a valid HDF5 file)
-            partial.unlink()
+        if not _remove_unless_locked(h5py, partial):
+            raise CannotCreate(_LIVE_WRITER, partial)
         # "x": exclusive, never truncates another writer's file. No chunk cache: every chunk (one slice) is
         # written once, whole, and a failed write must not leave dirty chunks that HDF5 cannot drop.
         return h5py.File(partial, "x", rdcc_nbytes=0)
-    except (BlockingIOError, FileExistsError):
-        raise CannotCreate("another process is writing it (HDF5 file lock); wait for it to finish", partial) from None
+    except (BlockingIOError, FileExistsError):  # a writer that started meanwhile
+        raise CannotCreate(_LIVE_WRITER, partial) from None
     except OSError as exc:
         raise CannotCreate(one_line(exc), partial) from None
 
