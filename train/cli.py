@@ -144,12 +144,14 @@ def _main(argv=None) -> int:
     results = []
     if a.cmd in ("gan", "all"):
         results.append(train_gan(cfg, a.data, run, resume=a.resume, quiet=a.quiet))
-        _print_result(results[-1], run) if not a.quiet else None
+        if not a.quiet:
+            _print_result(results[-1], run)
     if a.cmd in ("predictor", "all"):
         name = checkpoint_name("predictor", cfg["predictor"]["variant"])
         resume_r = a.resume and (run / "checkpoints" / f"{name}_last.pt").exists() if a.cmd == "all" else a.resume
         results.append(train_predictor(cfg, a.data, run, resume=resume_r, quiet=a.quiet))
-        _print_result(results[-1], run) if not a.quiet else None
+        if not a.quiet:
+            _print_result(results[-1], run)
     summary = {"run": str(run), "seconds": round(time.monotonic() - t0, 1), "stages": results}
     print(json.dumps(summary, indent=2, default=str))
     if not a.quiet:

@@ -196,8 +196,9 @@ def run_score(cfg: dict, G: nn.Module) -> str:
 
 
 def box_scores(out: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-input box scores of G's output (float64): ``l1`` (of the mean), and for a Laplace G ``z``
-    (|x - mu| / b) and ``nll`` (|x - mu| / b + log b); ``whole``: the L1 over the whole input."""
+    """Per-input box scores of G's output: ``l1`` (of the mean), and for a Laplace G ``z`` (|x - mu| / b)
+    and ``nll`` (|x - mu| / b + log b); ``whole``: the L1 over the whole input. Differentiable: G's training
+    loss is their batch means (every box has the same area)."""
     mu = out[:, :1]
     d = (mu - orig).abs()
     area = mask.flatten(1).sum(1)
@@ -207,17 +208,17 @@ def box_scores(out: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor) -> dic
         z = d / b
         res["z"] = (z * mask).flatten(1).sum(1) / area
         res["nll"] = ((z + b.log()) * mask).flatten(1).sum(1) / area
-    return {k: v.double() for k, v in res.items()}
+    return res
 
 
 @torch.no_grad()
 def g_losses(G: nn.Module, inp: torch.Tensor, orig: torch.Tensor, mask: torch.Tensor, batch: int = 256) -> dict:
-    """:func:`box_scores` of every input, in batches."""
+    """:func:`box_scores` of every input, in batches (float64)."""
     G.eval()
     parts: dict[str, list] = {}
     for s in range(0, len(inp), batch):
         for k, v in box_scores(G(inp[s : s + batch]), orig[s : s + batch], mask[s : s + batch]).items():
-            parts.setdefault(k, []).append(v)
+            parts.setdefault(k, []).append(v.double())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
@@ -597,13 +598,11 @@ class _Trainer:
             logs["loss_d"] = float(loss_d.detach())
         opt_g = self.optims["g"]
         opt_g.zero_grad(set_to_none=True)
-        d = (mu - orig).abs()
-        l_box = (d * mask).sum() / mask.sum()
-        l_ctx = d.mean()
-        loss = float(s["l1_box"]) * l_box + float(s["l1_context"]) * l_ctx
-        if out.shape[1] == 2:  # Laplace G: the negative log-likelihood of the box's pixels under (mu, b)
-            b = out[:, 1:]
-            l_nll = (((d / b) + b.log()) * mask).sum() / mask.sum()
+        sc = box_scores(out, orig, mask)
+        l_box = sc["l1"].mean()
+        loss = float(s["l1_box"]) * l_box + float(s["l1_context"]) * sc["whole"].mean()
+        if "nll" in sc:  # Laplace G: the negative log-likelihood of the box's pixels under (mu, b)
+            l_nll = sc["nll"].mean()
             loss = loss + float(s.get("nll", 1.0)) * l_nll
             logs["nll_box"] = float(l_nll.detach())
         if adv > 0:
