@@ -236,8 +236,8 @@ def _scores(models: dict[str, RunModel], path: Path) -> tuple[tuple[str, ...], s
     score = learned.pop() if learned else ("z" if laplace else "l1")
     if score not in g_scores:
         raise BadInput(f"the predictors learned the {score} score, which this run's G cannot compute", path)
+    scale = target_scale(score)
     for m in models.values():
-        scale = target_scale(score)
         if m.role == "r" and m.arch.get("kind") in ("crop", "paper") and scale != 1.0:
             m.module = ScaledOutput(m.module, scale).eval()
             m.arch = m.module.arch
