@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rlp.runtime.errors import BadInput, InputMissing
-from rlp.runtime.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
-from rlp.runtime.preprocess import brain_mask
+from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
+from rlp.runtime.core.preprocess import brain_mask
 
 LESION = "lesion"
 HELDOUT = "heldout"

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Sequence
 
 from rlp.runtime import __version__
-from rlp.runtime.atomic import atomic_dir, write_bytes, write_json, write_text
+from rlp.runtime.core.atomic import atomic_dir, write_bytes, write_json, write_text
 from rlp.runtime.backends import available_backends, ort_providers
 from rlp.runtime.coarse import NAME as COARSE
-from rlp.runtime.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
-from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
+from rlp.runtime.core.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
+from rlp.runtime.core.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
-from rlp.runtime.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
-from rlp.runtime.nifti import load_nifti
-from rlp.runtime.progress import progress
+from rlp.runtime.core.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
+from rlp.runtime.core.nifti import load_nifti
+from rlp.runtime.core.progress import progress
 
 from . import plots, report as rep
 from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases

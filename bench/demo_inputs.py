@@ -19,10 +19,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rlp.runtime.atomic import atomic_path, write_json
-from rlp.runtime.cliutil import exit_with
-from rlp.runtime.errors import BadInput
-from rlp.runtime.nifti import LESION_SUFFIX, load_nifti
+from rlp.runtime.core.atomic import atomic_path, write_json
+from rlp.runtime.core.cliutil import exit_with
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti
 
 from .lesions import SUITE_KINDS, make_lesion
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import Bundle
-from rlp.runtime.geometry import WindowGeometry, iter_batches
+from rlp.runtime.core.geometry import WindowGeometry, iter_batches
 from rlp.runtime.heatmap import METHODS, model_geometry
-from rlp.runtime.preprocess import preprocess_slice
+from rlp.runtime.core.preprocess import preprocess_slice
 
 
 def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
@@ -40,8 +40,8 @@ def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from rlp.runtime.manifest import Manifest, ModelEntry, TensorSpec, file_entry_fields
-    from rlp.runtime.preprocess import Preprocessing
+    from rlp.runtime.core.manifest import Manifest, ModelEntry, TensorSpec, file_entry_fields
+    from rlp.runtime.core.preprocess import Preprocessing
 
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
@@ -92,7 +92,7 @@ def _slice(path: str | None) -> tuple[np.ndarray, tuple[float, float]]:
         yy, xx = np.meshgrid(np.linspace(-1, 1, 256), np.linspace(-1, 1, 256), indexing="ij")
         img = np.where((yy / 0.8) ** 2 + (xx / 0.7) ** 2 < 1, 100 + 30 * np.cos(7 * yy) * np.sin(5 * xx), 0.0)
         return img.astype(np.float32), (1.0, 1.0)
-    from rlp.runtime.nifti import load_nifti
+    from rlp.runtime.core.nifti import load_nifti
 
     vol = load_nifti(path)
     k, n = vol.slices("axial")

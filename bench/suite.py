@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from rlp.runtime.errors import BadInput, InputMissing
+from rlp.runtime.core.errors import BadInput, InputMissing
 
 from .lesions import SUITE_KINDS, make_lesion
 

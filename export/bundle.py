@@ -1,7 +1,7 @@
 """Run folder -> bundle folder, behind the parity gate.
 
 The bundle is built in a temporary folder beside the target
-(:func:`rlp.runtime.atomic.atomic_dir`) and moved into place only when every
+(:func:`rlp.runtime.core.atomic.atomic_dir`) and moved into place only when every
 file is written and the gate passed; a failure or Ctrl-C leaves no bundle and
 an existing one untouched.
 
@@ -23,10 +23,10 @@ import onnxruntime as ort
 import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
-from rlp.runtime.atomic import atomic_dir, write_json
-from rlp.runtime.geometry import SCORES
-from rlp.runtime.errors import EX_SOFTWARE, CannotCreate, RlpError
-from rlp.runtime.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
+from rlp.runtime.core.atomic import atomic_dir, write_json
+from rlp.runtime.core.geometry import SCORES
+from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
+from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
                                   model_path, sha256_file)
 
 from . import onnx_export

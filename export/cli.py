@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlp.runtime.cliutil import OneLineParser, comma_subset, int_at_least, run_main
-from rlp.runtime.manifest import PATH_PATTERN
+from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
+from rlp.runtime.core.manifest import PATH_PATTERN
 
 
 PROG = "rlp-export"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from rlp.runtime.errors import EX_SOFTWARE, EX_USAGE, BadInput, RlpError
+from rlp.runtime.core.errors import EX_SOFTWARE, EX_USAGE, BadInput, RlpError
 
 from .bicubic import swap_bicubic
 
@@ -178,7 +178,7 @@ def check_onnx(model: onnx.ModelProto, what: str) -> dict:
     """Structural gate: ``onnx.checker`` full check and standard operator domains only.
 
     Returns a summary (opset, node count, operator histogram); raises
-    :class:`~rlp.runtime.errors.BadInput` naming the problem otherwise.
+    :class:`~rlp.runtime.core.errors.BadInput` naming the problem otherwise.
     """
     try:
         onnx.checker.check_model(model, full_check=True)

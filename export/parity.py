@@ -39,8 +39,8 @@ from rich import box
 from rich.table import Table
 from scipy.stats import spearmanr
 
-from rlp.runtime.errors import BadInput
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import score_windows
 
 from .progress import Reporter

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from rlp.runtime.progress import progress
+from rlp.runtime.core.progress import progress
 
 Advance = Callable[[int], None]
 

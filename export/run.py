@@ -8,7 +8,7 @@ Layout::
     RUN/heldout.npz                     held-out real slices: "images" float32 (N,S,S) in [0,1], "brains" bool
 
 Checkpoints load with ``weights_only=True`` only (:func:`rlp.train.checkpoint.load_checkpoint`);
-every problem is a one-line :class:`~rlp.runtime.errors.RlpError` naming the file.
+every problem is a one-line :class:`~rlp.runtime.core.errors.RlpError` naming the file.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from rlp.runtime.errors import BadInput, InputMissing
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.manifest import path_role, sha256_file
-from rlp.runtime.preprocess import Preprocessing
+from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.manifest import path_role, sha256_file
+from rlp.runtime.core.preprocess import Preprocessing
 from rlp.train.checkpoint import load_checkpoint
 from rlp.train.models import ScaledOutput, build, target_scale
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from rlp.runtime.errors import EX_SOFTWARE, RlpError, Unavailable, one_line
-from rlp.runtime.manifest import EngineEntry, file_entry_fields
+from rlp.runtime.core.errors import EX_SOFTWARE, RlpError, Unavailable, one_line
+from rlp.runtime.core.manifest import EngineEntry, file_entry_fields
 
 TIMING_CACHE = "timing.cache"
 PROFILE = (1, 64, 256)  # min, opt, max batch

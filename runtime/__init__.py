@@ -13,13 +13,13 @@ Heatmaps from Python::
 """
 
 from .backends import BACKENDS, Backend, available_backends, create_backend
-from .errors import RlpError
-from .geometry import WindowGeometry, window_positions
+from .core.errors import RlpError
+from .core.geometry import WindowGeometry, window_positions
 from .heatmap import (DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, score_windows,
                       top_windows)
-from .manifest import Manifest, load_bundle_manifest
-from .nifti import Volume, load_nifti, save_like, volume_from_array
-from .preprocess import Preprocessing, Resampler, preprocess_slice
+from .core.manifest import Manifest, load_bundle_manifest
+from .core.nifti import Volume, load_nifti, save_like, volume_from_array
+from .core.preprocess import Preprocessing, Resampler, preprocess_slice
 
 __all__ = [
     "RlpError", "WindowGeometry", "window_positions", "Preprocessing", "Resampler", "preprocess_slice",

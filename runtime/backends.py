@@ -30,7 +30,7 @@ inside the bundle listed in the manifest. Without ``onnx`` those structural
 checks are skipped (the hashes still are checked) and a note says so.
 
 GPU libraries are imported lazily, inside the backends that need them; a
-missing library or device is an :class:`~rlp.runtime.errors.Unavailable` error
+missing library or device is an :class:`~rlp.runtime.core.errors.Unavailable` error
 that lists what is available. That includes a library that is installed but
 cannot load (``import tensorrt`` raising ``OSError``/``FileNotFoundError`` or
 ``RuntimeError``) and a CUDA call that raises instead of returning an error code
@@ -56,8 +56,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import EX_SOFTWARE, EX_USAGE, BadInput, RlpError, SecurityRefusal, Unavailable
-from .manifest import REBUILD, EngineEntry, ModelEntry, TensorSpec, resolve_inside, verify_file
+from .core.errors import EX_SOFTWARE, EX_USAGE, BadInput, RlpError, SecurityRefusal, Unavailable
+from .core.manifest import REBUILD, EngineEntry, ModelEntry, TensorSpec, resolve_inside, verify_file
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
 AUTO_ORDER = ("trt", "ort-cuda", "ort-cpu")
@@ -707,7 +707,7 @@ def create_backend(kind: str, model: CheckedModel | Callable[[str], CheckedModel
     ``model`` may be a callable mapping a backend name to the model it should
     run (a bundle picks its fp16 model for GPU backends). With ``"auto"`` the
     backends of :data:`AUTO_ORDER` are tried in turn; one that is
-    :class:`~rlp.runtime.errors.Unavailable` is skipped (other errors, such as a
+    :class:`~rlp.runtime.core.errors.Unavailable` is skipped (other errors, such as a
     hash mismatch, are raised), and ``details["auto"]`` says what was picked and why.
     """
     if kind != "auto" and kind not in BACKENDS:

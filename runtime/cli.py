@@ -16,19 +16,19 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .atomic import NAME_MAX, OutputExists, atomic_set
+from .core.atomic import NAME_MAX, OutputExists, atomic_set
 from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
-from .cliutil import OneLineParser, UsageError, int_at_least, run_main
-from .errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
-from .geometry import SCORES
+from .core.cliutil import OneLineParser, UsageError, int_at_least, run_main
+from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
+from .core.geometry import SCORES
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, default_bundle, demo_slices)
-from .manifest import path_role
-from .nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
+from .core.manifest import path_role
+from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
-from .progress import progress
+from .core.progress import progress
 
 PROG = "rlp-heatmap"
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EX_USAGE, RlpError
+from .core.errors import EX_USAGE, RlpError
 
 NAME = "coarse-to-fine"
 

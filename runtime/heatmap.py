@@ -46,12 +46,12 @@ import numpy as np
 from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine, coarse_to_fine
-from .errors import EX_USAGE, BadInput, InputMissing, RlpError
-from .geometry import SCORES, WindowGeometry, iter_batches
-from .manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
+from .core.errors import EX_USAGE, BadInput, InputMissing, RlpError
+from .core.geometry import SCORES, WindowGeometry, iter_batches
+from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
                        path_role, sha256_file)
-from .nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
-from .preprocess import Prepared, Resampler, preprocess_slice
+from .core.nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
+from .core.preprocess import Prepared, Resampler, preprocess_slice
 
 DEFAULT_BUNDLE = files("rlp.runtime") / "demo"
 NO_BUNDLE = ("no bundle given: pass --bundle DIR (a folder written by rlp-export); "

@@ -55,10 +55,10 @@ from typing import Callable
 import numpy as np
 
 from .backends import _import_ort, ort_session_providers
-from .errors import EX_USAGE, BadInput, RlpError, Unavailable, one_line
-from .geometry import WindowGeometry, iter_batches
+from .core.errors import EX_USAGE, BadInput, RlpError, Unavailable, one_line
+from .core.geometry import WindowGeometry, iter_batches
 from .heatmap import DEFAULT_BATCH, TARGET_TRANSFORMS, model_geometry, score_windows
-from .manifest import REBUILD, path_role
+from .core.manifest import REBUILD, path_role
 
 try:
     import onnx

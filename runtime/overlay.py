@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import write_bytes
+from .core.atomic import write_bytes
 
 MAX_PANELS = 12
 

@@ -94,7 +94,7 @@ def _probe_gpu(kind: str) -> str | None:
     import tempfile
 
     from rlp.runtime import backends
-    from rlp.runtime.errors import Unavailable
+    from rlp.runtime.core.errors import Unavailable
 
     try:
         if kind == "trt":  # a TrtBackend also needs an engine built on this GPU: what it asks of the machine is this

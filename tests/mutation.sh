@@ -2,7 +2,7 @@
 # Mutation testing of the contracts and the scoring code with mutmut (config: pyproject.toml [tool.mutmut]).
 # Slow: run it by hand, outside CI. See tests/MUTATION.md.
 #
-#   tests/mutation.sh 'rlp.runtime.preprocess.*'      # the mutants of one module
+#   tests/mutation.sh 'rlp.runtime.core.preprocess.*'      # the mutants of one module
 #   tests/mutation.sh                                  # every module in only_mutate (hours)
 #
 # mutmut names a mutant after the module path of the file it mutates and checks it against the module the
@@ -29,7 +29,7 @@ find "$work" -name __pycache__ -type d -prune -exec rm -rf {} +
 cd "$work"
 # the copies, not the checkout's editable install, must be what `import rlp.runtime` finds
 PYTHONPATH="$work/src${PYTHONPATH:+:$PYTHONPATH}" "$python" -c \
-    'import rlp.runtime.preprocess as m, sys; p = m.__file__; sys.exit(0 if p.startswith(sys.argv[1]) else f"rlp imports from {p}")' "$work/src"
+    'import rlp.runtime.core.preprocess as m, sys; p = m.__file__; sys.exit(0 if p.startswith(sys.argv[1]) else f"rlp imports from {p}")' "$work/src"
 
 status=0
 "$python" -m mutmut run --max-children "${JOBS:-2}" "$@" || status=$?

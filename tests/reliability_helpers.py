@@ -75,8 +75,8 @@ def killed(proc: subprocess.CompletedProcess) -> bool:
 
 # --------------------------------------------------------------------------- small writers to crash
 def _replace_dir(path: str, value: str) -> None:
-    """Replace folder ``path`` by one holding files a and b with ``value`` (rlp.runtime.atomic.atomic_dir)."""
-    from rlp.runtime.atomic import atomic_dir
+    """Replace folder ``path`` by one holding files a and b with ``value`` (rlp.runtime.core.atomic.atomic_dir)."""
+    from rlp.runtime.core.atomic import atomic_dir
 
     with atomic_dir(path, force=True) as tmp:
         for name in ("a", "b"):

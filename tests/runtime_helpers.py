@@ -1,6 +1,6 @@
 """Helpers for the runtime tests: tiny torch-free bundles (onnx.helper) and NIfTI files.
 
-The bundles follow the export contract (``runtime/manifest.py``): G maps an
+The bundles follow the export contract (``runtime/core/manifest.py``): G maps an
 inpainted model input (N, 1, S, S) to a reconstruction of the same shape, R maps
 it to a predicted window loss (N, 1). The models are simple enough to have exact
 numpy references (:func:`reference_scores`), so the tests check the whole
@@ -20,9 +20,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from scipy import ndimage
 
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.manifest import Manifest, ModelEntry, TensorSpec, sha256_file
-from rlp.runtime.preprocess import Preprocessing
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.manifest import Manifest, ModelEntry, TensorSpec, sha256_file
+from rlp.runtime.core.preprocess import Preprocessing
 
 OPSET = 17
 

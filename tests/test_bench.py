@@ -24,7 +24,7 @@ from rlp.bench import cli as bench_cli  # noqa: E402
 from rlp.bench.cases import find_inputs  # noqa: E402
 from rlp.bench.lesions import insert_lesion  # noqa: E402
 from rlp.bench.report import SCHEMA, SCHEMA_VERSION, box_hits  # noqa: E402
-from rlp.runtime.errors import EX_CANTCREAT, EX_USAGE  # noqa: E402
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_USAGE  # noqa: E402
 
 G_WINDOWS = 16
 VOLUME_SLICES = 4

@@ -3,7 +3,7 @@ import pytest
 
 from rlp.bench.lesions import insert_lesion
 from rlp.bench.metrics import auprc, auroc, best_dice, fidelity, top_window_hit
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.geometry import WindowGeometry
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -16,7 +16,7 @@ import pytest
 
 from rlp.bench.report import localisation_block
 from rlp.bench.rows import load_maps
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.geometry import WindowGeometry
 
 GEOM = WindowGeometry(size=32, window=8, stride=4)  # 7 x 7 windows
 YY, XX = np.mgrid[:32, :32]

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from conftest import run_cli
-from rlp.runtime.errors import EX_USAGE
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.errors import EX_USAGE
+from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle
 
 torch = pytest.importorskip("torch")
@@ -98,7 +98,7 @@ def test_the_tiny_run_exports_a_z_bundle(z_bundle):
 
 
 def test_g_path_scores_are_the_z_score_of_gs_outputs(z_bundle, tiny_run):
-    from rlp.runtime.preprocess import preprocess_slice
+    from rlp.runtime.core.preprocess import preprocess_slice
 
     with np.load(tiny_run / "heldout.npz") as z:
         image = z["images"][int(np.argmax(z["brains"].reshape(len(z["brains"]), -1).sum(1)))]

@@ -11,7 +11,7 @@ import pytest
 
 from rlp.bench import report as rep
 from rlp.runtime.coarse import CoarseToFine, coarse_to_fine, estimate, lattice
-from rlp.runtime.errors import EX_USAGE, RlpError
+from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.heatmap import Bundle
 
 from runtime_helpers import make_bundle, run_cli, write_nifti

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from rlp.runtime.errors import EX_DATAERR, BadInput
+from rlp.runtime.core.errors import EX_DATAERR, BadInput
 from rlp.runtime.heatmap import Bundle
-from rlp.runtime.manifest import load_bundle_manifest
+from rlp.runtime.core.manifest import load_bundle_manifest
 
 DATA = Path(__file__).parent / "data"
 V1 = DATA / "v1"

@@ -6,7 +6,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from conftest import run_cli, synthetic_volume, write_nifti  # noqa: E402
-from rlp.runtime.errors import RlpError  # noqa: E402
+from rlp.runtime.core.errors import RlpError  # noqa: E402
 from rlp.train.data import SliceData, discover, prepare  # noqa: E402
 
 

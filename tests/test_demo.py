@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from rlp.runtime.heatmap import default_bundle, demo_slices
-from rlp.runtime.manifest import load_bundle_manifest
+from rlp.runtime.core.manifest import load_bundle_manifest
 
 pytestmark = pytest.mark.skipif(default_bundle() is None, reason="this checkout ships no demo bundle")
 

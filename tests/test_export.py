@@ -22,10 +22,10 @@ from rlp.export import parity as parity_mod
 from rlp.export.bicubic import Bicubic2x, swap_bicubic, upsample_matrix
 from rlp.export.cli import main
 from rlp.export.onnx_export import STANDARD_DOMAINS, fold_conv_bn, get_metadata, prepare_for_export
-from rlp.runtime.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.manifest import load_bundle_manifest, sha256_file
-from rlp.runtime.preprocess import Preprocessing
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.manifest import load_bundle_manifest, sha256_file
+from rlp.runtime.core.preprocess import Preprocessing
 from rlp.train.checkpoint import save_checkpoint
 from rlp.train.models import CropR, PaperR, UNetG, Upsample
 

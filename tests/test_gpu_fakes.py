@@ -24,10 +24,10 @@ import conftest
 from rlp.export import tensorrt as export_trt
 from rlp.runtime import backends
 from rlp.runtime.backends import check_model, create_backend
-from rlp.runtime.errors import EX_DATAERR, EX_SOFTWARE, BadInput, RlpError, Unavailable
+from rlp.runtime.core.errors import EX_DATAERR, EX_SOFTWARE, BadInput, RlpError, Unavailable
 from rlp.runtime.heatmap import Bundle
 from rlp.runtime.incremental import IncrementalScorer
-from rlp.runtime.manifest import sha256_file
+from rlp.runtime.core.manifest import sha256_file
 from runtime_helpers import edit_manifest, make_bundle
 
 H2D, D2H = "cudaMemcpyAsync(H2D)", "cudaMemcpyAsync(D2H)"

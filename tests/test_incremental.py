@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rlp.bench import report as rep
 from rlp.bench.heatmap_speed import paper_r_bundle
-from rlp.runtime.errors import EX_USAGE, RlpError
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.errors import EX_USAGE, RlpError
+from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle, score_windows
 from rlp.runtime.incremental import HOWS, IncrementalScorer, read_chain
 
@@ -350,7 +350,7 @@ class NoTorch(MetaPathFinder):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, NoTorch())
 import numpy as np, onnx
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.incremental import IncrementalScorer
 geom = WindowGeometry(**__GEOM__)
 scorer = IncrementalScorer.from_model(onnx.load(sys.argv[1]), geom)

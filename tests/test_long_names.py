@@ -8,8 +8,8 @@ import os
 import pytest
 
 from conftest import run_cli
-from rlp.runtime.atomic import NAME_MAX, atomic_path, temp_prefix
-from rlp.runtime.errors import EX_CANTCREAT
+from rlp.runtime.core.atomic import NAME_MAX, atomic_path, temp_prefix
+from rlp.runtime.core.errors import EX_CANTCREAT
 from runtime_helpers import make_bundle, phantom, write_nifti
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from rlp.runtime import manifest as manifest_mod
-from rlp.runtime.errors import BadInput, SecurityRefusal
-from rlp.runtime.manifest import json_depth, load_bundle_manifest
+from rlp.runtime.core import manifest as manifest_mod
+from rlp.runtime.core.errors import BadInput, SecurityRefusal
+from rlp.runtime.core.manifest import json_depth, load_bundle_manifest
 from runtime_helpers import make_bundle
 
 

@@ -1,4 +1,4 @@
-"""Pins of runtime/geometry.py written for the mutants that survived its mutation run (tests/MUTATION.md).
+"""Pins of runtime/core/geometry.py written for the mutants that survived its mutation run (tests/MUTATION.md).
 
 Each test names in its docstring what it pins: boundaries of the validity checks, the messages, the
 dense grid, ``scaled``, the batch helpers. Values are written out by hand, not recomputed from the code.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlp.runtime.errors import BadInput
-from rlp.runtime.geometry import PAINT, SCORES, WindowGeometry, iter_batches, window_positions
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.geometry import PAINT, SCORES, WindowGeometry, iter_batches, window_positions
 
 
 def test_window_positions_boundaries_and_message():

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rlp.runtime.nifti import load_nifti, save_like
+from rlp.runtime.core.nifti import load_nifti, save_like
 from runtime_helpers import ORIENTATIONS, make_bundle, phantom, write_nifti
 from test_runtime_nifti import _heatmap
 

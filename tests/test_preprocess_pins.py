@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlp.runtime.errors import BadInput
-from rlp.runtime.preprocess import Preprocessing, Resampler, preprocess_slice
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.preprocess import Preprocessing, Resampler, preprocess_slice
 
 
 def _slice(side: int, values: list[float], *, margin: int = 1) -> np.ndarray:

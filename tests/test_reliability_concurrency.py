@@ -22,11 +22,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rlp.runtime import atomic
-from rlp.runtime.atomic import file_lock
-from rlp.runtime.errors import EX_CANTCREAT, EX_DATAERR, EX_OK, BadInput
+from rlp.runtime.core import atomic
+from rlp.runtime.core.atomic import file_lock
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_OK, BadInput
 from rlp.runtime.heatmap import Bundle
-from rlp.runtime.manifest import load_bundle_manifest
+from rlp.runtime.core.manifest import load_bundle_manifest
 from runtime_helpers import assert_clean_failure, make_bundle, phantom, run_cli, write_nifti
 
 N_PROCS = 3
@@ -237,7 +237,7 @@ def test_check_header_and_load_refuse_a_fifo_in_process(tmp_path):
     """The loader itself (not only the CLI): run in a child so that a regression fails on the timeout."""
     fifo = tmp_path / "y.nii"
     os.mkfifo(fifo)
-    code = ("import sys\nfrom rlp.runtime.nifti import check_header, load_nifti\nfrom rlp.runtime.errors import BadInput\n"
+    code = ("import sys\nfrom rlp.runtime.core.nifti import check_header, load_nifti\nfrom rlp.runtime.core.errors import BadInput\n"
             "for f in (check_header, load_nifti):\n    try:\n        f(sys.argv[1])\n    except BadInput as e:\n"
             "        print(e)\n")
     r = subprocess.run([sys.executable, "-c", code, str(fifo)], env=_env(), capture_output=True, text=True, timeout=60)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlp.runtime.errors import EX_DATAERR
-from rlp.runtime.nifti import nifti_suffix
+from rlp.runtime.core.errors import EX_DATAERR
+from rlp.runtime.core.nifti import nifti_suffix
 from runtime_helpers import make_bundle, outputs_of, phantom, run_cli, write_nifti
 from test_runtime_bad_inputs import BAD
 
@@ -161,7 +161,7 @@ def test_the_corpus_fails_cleanly_in_prepare_listing_every_file(capsys, tmp_path
 def test_prepare_lists_every_volume_with_bad_voxels(tmp_path):
     """Problems only the voxels show (NaN/Inf, a cut gzip stream): every such file named, nothing written."""
     pytest.importorskip("h5py")
-    from rlp.runtime.errors import RlpError
+    from rlp.runtime.core.errors import RlpError
     from rlp.train.data import prepare
 
     (tmp_path / "src").mkdir()

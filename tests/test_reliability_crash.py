@@ -19,7 +19,7 @@ import pytest
 
 from conftest import synthetic_volume, write_nifti
 from reliability_helpers import killed, run_child
-from rlp.runtime.errors import RlpError
+from rlp.runtime.core.errors import RlpError
 
 
 def _sample_points(n: int, k: int, seed: int, always=()) -> list[int]:
@@ -29,7 +29,7 @@ def _sample_points(n: int, k: int, seed: int, always=()) -> list[int]:
 
 
 # --------------------------------------------------------------------------- rlp-train prepare
-PREPARE_POINTS = ["rlp.runtime.nifti:load_nifti", "h5py:Dataset.resize", "h5py:Dataset.__setitem__",
+PREPARE_POINTS = ["rlp.runtime.core.nifti:load_nifti", "h5py:Dataset.resize", "h5py:Dataset.__setitem__",
                   "h5py:File.flush", "os:fsync", "os:replace"]
 
 
@@ -67,7 +67,7 @@ def test_prepare_killed_at_random_points_keeps_the_previous_dataset(tmp_path):
 
 
 # --------------------------------------------------------------------------- folders (bundles) replaced
-DIR_POINTS = ["pathlib:Path.write_text", "os:chmod", "rlp.runtime.atomic:_exchange", "os:replace", "os:fsync",
+DIR_POINTS = ["pathlib:Path.write_text", "os:chmod", "rlp.runtime.core.atomic:_exchange", "os:replace", "os:fsync",
               "shutil:rmtree"]
 
 
@@ -105,7 +105,7 @@ def test_folder_replacement_killed_at_every_point_leaves_old_or_new(tmp_path):
 def test_rlp_export_killed_at_the_swap_keeps_the_previous_bundle(tmp_path):
     pytest.importorskip("torch")
     from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.manifest import load_bundle_manifest
+    from rlp.runtime.core.manifest import load_bundle_manifest
     from runtime_helpers import make_bundle, phantom
     from test_export import make_run, tiny_r
 
@@ -113,7 +113,7 @@ def test_rlp_export_killed_at_the_swap_keeps_the_previous_bundle(tmp_path):
     out = make_bundle(tmp_path / "bundle")
     before = (out / "manifest.json").read_bytes()
     argv = [run, "--out", out, "--force", "--quiet", "--parity-slices", "1", "--parity-windows", "2"]
-    r = run_child("rlp.export.cli", argv, targets=["rlp.runtime.atomic:_exchange"], kill_at=1)
+    r = run_child("rlp.export.cli", argv, targets=["rlp.runtime.core.atomic:_exchange"], kill_at=1)
     assert killed(r), r.stderr
     assert (out / "manifest.json").read_bytes() == before
     load_bundle_manifest(out)  # every hash still matches

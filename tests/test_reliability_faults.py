@@ -17,7 +17,7 @@ import pytest
 
 from conftest import synthetic_volume, write_nifti
 from reliability_helpers import run_child
-from rlp.runtime.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, RlpError
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, RlpError
 from runtime_helpers import make_bundle, phantom
 
 

@@ -4,7 +4,7 @@ Hypothesis mutates a valid NIfTI file (header fields set to odd values, bytes
 overwritten, truncation, gzip, big-endian, NIfTI-2) and a valid bundle (manifest
 fields replaced or removed, model bytes changed with their hash updated, as an
 attacker would). Each input goes through the loader and, when it loads, through the
-heatmap. Only :class:`~rlp.runtime.errors.RlpError` may escape, and no example may
+heatmap. Only :class:`~rlp.runtime.core.errors.RlpError` may escape, and no example may
 run out of memory: the fuzzing runs in a child process whose address space is capped
 (``RLIMIT_AS``) at what it had after start-up plus 768 MiB, with the voxel cap at
 64 MiB. CI runs a short budget; ``RLP_FUZZ_EXAMPLES=5000`` runs a longer one.
@@ -57,7 +57,7 @@ def test_only_rlp_errors_escape_the_loaders_under_a_memory_cap(kind, n):
 ])
 def test_mistyped_manifest_fields_found_by_fuzzing_are_refused(tmp_path, where, value):
     """Regressions: each of these once escaped as TypeError/ValueError/MemoryError instead of a clean refusal."""
-    from rlp.runtime.errors import EX_DATAERR, RlpError
+    from rlp.runtime.core.errors import EX_DATAERR, RlpError
     from rlp.runtime.heatmap import Bundle
     from runtime_helpers import edit_manifest, make_bundle, phantom
 
@@ -78,7 +78,7 @@ def test_mistyped_manifest_fields_found_by_fuzzing_are_refused(tmp_path, where, 
 def _child(kind: str, n: int) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    from rlp.runtime.errors import RlpError
+    from rlp.runtime.core.errors import RlpError
 
     strategy, check = {"nifti": _nifti_case, "bundle": _bundle_case}[kind]()
     pages = int(Path("/proc/self/statm").read_text().split()[0])
@@ -109,7 +109,7 @@ def _nifti_case():
     from hypothesis import strategies as st
 
     from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.nifti import load_nifti
+    from rlp.runtime.core.nifti import load_nifti
     from runtime_helpers import make_bundle, phantom, write_nifti
 
     tmp = Path(tempfile.mkdtemp())
@@ -161,7 +161,7 @@ def _bundle_case():
     from hypothesis import strategies as st
 
     from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.manifest import sha256_file
+    from rlp.runtime.core.manifest import sha256_file
     from runtime_helpers import make_bundle, phantom
 
     tmp = Path(tempfile.mkdtemp())

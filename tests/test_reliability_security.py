@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from rlp.runtime.errors import EX_DATAERR, EX_NOPERM
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOPERM
 from runtime_helpers import custom_domain_model, make_bundle, phantom, r_model, replace_model, run_cli, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]

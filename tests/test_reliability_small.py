@@ -4,7 +4,7 @@ dangling link at an output name is an existing output."""
 
 from __future__ import annotations
 
-from rlp.runtime.errors import BadInput, RlpError
+from rlp.runtime.core.errors import BadInput, RlpError
 
 
 def test_a_newline_in_a_file_name_stays_on_one_line():
@@ -27,7 +27,7 @@ def test_a_dangling_link_at_an_output_name_is_not_replaced_without_force(tmp_pat
     import os
 
     from conftest import run_cli
-    from rlp.runtime.errors import EX_CANTCREAT
+    from rlp.runtime.core.errors import EX_CANTCREAT
     from runtime_helpers import make_bundle, phantom, write_nifti
 
     b = make_bundle(tmp_path / "b")

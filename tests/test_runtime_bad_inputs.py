@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rlp.runtime.errors import EX_DATAERR, EX_NOINPUT
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT
 from runtime_helpers import assert_clean_failure, make_bundle, outputs_of, phantom, run_cli, write_nifti
 
 
@@ -125,8 +125,8 @@ def test_bad_input_fails_cleanly(capsys, tmp_path, bundle_dir, case):
 
 
 def test_bomb_fails_fast_without_allocating(tmp_path):
-    from rlp.runtime.errors import RlpError
-    from rlp.runtime.nifti import load_nifti
+    from rlp.runtime.core.errors import RlpError
+    from rlp.runtime.core.nifti import load_nifti
 
     path = _bomb(tmp_path / "bomb.nii.gz")
     assert path.stat().st_size < 100
@@ -140,8 +140,8 @@ def test_bomb_fails_fast_without_allocating(tmp_path):
 
 def test_dims_whose_product_overflows_int64_are_refused(tmp_path):
     """32767^5 x 4 bytes wraps around in int64 arithmetic: the cap must use exact integers."""
-    from rlp.runtime.errors import RlpError
-    from rlp.runtime.nifti import load_nifti
+    from rlp.runtime.core.errors import RlpError
+    from rlp.runtime.core.nifti import load_nifti
 
     hdr = nib.Nifti1Header()
     hdr.set_data_shape((32767,) * 5)

@@ -12,9 +12,9 @@ import pytest
 
 from rlp.runtime import backends
 from rlp.runtime.backends import Backend, check_model, create_backend
-from rlp.runtime.errors import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE, RlpError, Unavailable
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE, RlpError, Unavailable
 from rlp.runtime.heatmap import Bundle
-from rlp.runtime.manifest import sha256_file
+from rlp.runtime.core.manifest import sha256_file
 from runtime_helpers import (assert_clean_failure, custom_domain_model, edit_manifest, g_model, make_bundle,
                              phantom, r_model, replace_model, run_cli, write_nifti)
 

@@ -1,4 +1,4 @@
-"""Properties of the window geometry and preprocessing contracts (runtime/geometry.py, runtime/preprocess.py)."""
+"""Properties of the window geometry and preprocessing contracts (runtime/core/geometry.py, runtime/core/preprocess.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from rlp.runtime.errors import BadInput
-from rlp.runtime.geometry import WindowGeometry, window_positions
-from rlp.runtime.preprocess import Preprocessing, Resampler, preprocess_slice
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.geometry import WindowGeometry, window_positions
+from rlp.runtime.core.preprocess import Preprocessing, Resampler, preprocess_slice
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from rlp.runtime import Bundle, score_windows
-from rlp.runtime.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, EX_USAGE
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.preprocess import preprocess_slice
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, EX_USAGE
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.preprocess import preprocess_slice
 from runtime_helpers import (assert_clean_failure, make_bundle, outputs_of, phantom, reference_scores, run_cli,
                              write_nifti)
 
@@ -144,7 +144,7 @@ def test_score_windows_takes_any_predictor():
 
 
 def test_bundle_options_are_validated(bundle_dir):
-    from rlp.runtime.errors import RlpError
+    from rlp.runtime.core.errors import RlpError
 
     for kw in (dict(batch=0), dict(threads=0), dict(precision="int8")):
         with pytest.raises(RlpError) as exc:
@@ -271,7 +271,7 @@ def test_interrupt_while_writing_leaves_nothing(capsys, monkeypatch, tmp_path, b
 
 
 def test_a_failure_while_moving_files_into_place_removes_the_moved_ones(capsys, monkeypatch, tmp_path, bundle_dir):
-    from rlp.runtime import atomic
+    from rlp.runtime.core import atomic
 
     f = write_nifti(tmp_path / "a.nii.gz", phantom((24, 24)))
     out = tmp_path / "o"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
-from rlp.runtime.nifti import _invert_ornt, load_nifti, volume_from_array
+from rlp.runtime.core.nifti import _invert_ornt, load_nifti, volume_from_array
 from runtime_helpers import ORIENTATIONS, make_bundle, phantom, run_cli, write_nifti
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rlp.runtime.cliutil import EX_TERMINATED, run_main
+from rlp.runtime.core.cliutil import EX_TERMINATED, run_main
 
 
 def test_run_main_turns_sigterm_into_a_clean_exit_and_restores_the_handler(capsys):

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from child_hooks import start_until  # noqa: E402
 from conftest import run_cli  # noqa: E402
-from rlp.runtime.cliutil import UsageError  # noqa: E402
-from rlp.runtime.errors import RlpError  # noqa: E402
+from rlp.runtime.core.cliutil import UsageError  # noqa: E402
+from rlp.runtime.core.errors import RlpError  # noqa: E402
 from rlp.train import models  # noqa: E402
 from rlp.train.augment import AugmentConfig, corrupt_context, crops_and_inpaint  # noqa: E402
 from rlp.train.checkpoint import load_checkpoint  # noqa: E402

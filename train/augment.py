@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from rlp.runtime.geometry import WindowGeometry
+from rlp.runtime.core.geometry import WindowGeometry
 
 
 @dataclass

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from rlp.runtime.atomic import atomic_path
-from rlp.runtime.errors import BadInput, InputMissing, SecurityRefusal
+from rlp.runtime.core.atomic import atomic_path
+from rlp.runtime.core.errors import BadInput, InputMissing, SecurityRefusal
 
 FORMAT = "rlp.ckpt"
 VERSION = 1

@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from rlp.runtime.cliutil import OneLineParser, exit_with
-from rlp.runtime.geometry import PAINT
-from rlp.runtime.preprocess import CEILINGS, CURRENT_VERSION
-from rlp.runtime.progress import stderr_console
+from rlp.runtime.core.cliutil import OneLineParser, exit_with
+from rlp.runtime.core.geometry import PAINT
+from rlp.runtime.core.preprocess import CEILINGS, CURRENT_VERSION
+from rlp.runtime.core.progress import stderr_console
 
 from .config import G_OUTPUTS, PREDICTORS, SCORE_CHOICES
 

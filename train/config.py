@@ -14,7 +14,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from rlp.runtime.errors import BadInput, InputMissing
+from rlp.runtime.core.errors import BadInput, InputMissing
 
 DEFAULTS: dict = {
     "run": {"seed": 0, "deterministic": False, "threads": 0, "max_minutes": 0.0, "device": "auto"},

@@ -5,7 +5,7 @@ masks paired by name), or ``mni152`` (the skull-stripped MNI ICBM152 2009a
 template inside the nilearn wheel; nothing is downloaded).
 
 Every slice goes through the shared preprocessing contract
-(:func:`rlp.runtime.preprocess.preprocess_slice`), so training and deployment
+(:func:`rlp.runtime.core.preprocess.preprocess_slice`), so training and deployment
 cannot drift apart. The HDF5 file is built as ``<out>.partial``, marked
 complete, fsynced and moved into place; readers refuse files without the mark.
 """
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import __version__
-from rlp.runtime.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
-from rlp.runtime.manifest import sha256_file
-from rlp.runtime.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_suffix
-from rlp.runtime.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
-from rlp.runtime.progress import progress
+from rlp.runtime.core.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
+from rlp.runtime.core.manifest import sha256_file
+from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_suffix
+from rlp.runtime.core.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
+from rlp.runtime.core.progress import progress
 
 SPLITS = ("train", "val", "test")
 MNI152 = "mni152"

@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlp.runtime import __version__
-from rlp.runtime.atomic import atomic_path, write_json
-from rlp.runtime.errors import BadInput, InputMissing
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.progress import progress
+from rlp.runtime.core.atomic import atomic_path, write_json
+from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.progress import progress
 
 from . import models
 from .augment import AugmentConfig, augment, corrupt_context, crops_and_inpaint, sample_boxes

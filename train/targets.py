@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlp.runtime.atomic import atomic_path
-from rlp.runtime.errors import BadInput
-from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.manifest import sha256_file
-from rlp.runtime.progress import progress
+from rlp.runtime.core.atomic import atomic_path
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.manifest import sha256_file
+from rlp.runtime.core.progress import progress
 
 from .augment import AugmentConfig, augment, corrupt_context
 
