@@ -30,7 +30,7 @@ from rlp.runtime import __version__
 from rlp.runtime.core.atomic import atomic_dir, write_bytes, write_json, write_text
 from rlp.runtime.backends import available_backends, ort_providers
 from rlp.runtime.coarse import NAME as COARSE
-from rlp.runtime.core.cliutil import OneLineParser, UsageError, comma_subset, int_at_least, run_main
+from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.core.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
 from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
 from rlp.runtime.core.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
@@ -121,14 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EX_USAGE
-    except SystemExit as exc:  # --help, --version
-        return int(exc.code or 0)
-    return run_main(PROG, lambda: Bench(args, argv).run())
+    return run_main(PROG, lambda: Bench(build_parser().parse_args(argv), argv).run())
 
 
 # --------------------------------------------------------------------------- environment

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ from .core.atomic import NAME_MAX, OutputExists, atomic_set
 from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
-from .core.cliutil import OneLineParser, UsageError, int_at_least, run_main
+from .core.cliutil import OneLineParser, UsageError, int_at_least, report_internal_error, run_main
 from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .core.geometry import SCORES
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
@@ -319,35 +318,26 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        _say(str(exc))
-        return EX_USAGE
-    except SystemExit as exc:  # --help, --version
-        return int(exc.code or 0)
+    return run_main(PROG, lambda: _main(argv))  # usage and bundle-level errors, Ctrl-C (130), bugs as one line
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     if args.bundle is None and default_bundle() is None:
-        _say(NO_BUNDLE)
-        return EX_USAGE
+        raise UsageError(NO_BUNDLE)
     demo = not args.inputs
     if demo:
         args.inputs = [str(p) for p in demo_slices()]
         if not args.inputs:
-            _say(f"no INPUT given and this install ships no demo slices (see {PROG} --help)")
-            return EX_USAGE
-
-    def body() -> int:
-        with warnings.catch_warnings():
-            if not os.environ.get("RLP_DEBUG"):  # library RuntimeWarnings are not for users; our own notes are
-                warnings.simplefilter("ignore")
-            args.done = []
-            rc = _run(args)
-            if demo:
-                _demo_table(args)
-            return rc
-
-    return run_main(PROG, body)  # bundle-level errors, Ctrl-C (130), a closed stdout
+            raise UsageError(f"no INPUT given and this install ships no demo slices (see {PROG} --help)")
+    with warnings.catch_warnings():
+        if not os.environ.get("RLP_DEBUG"):  # library RuntimeWarnings are not for users; our own notes are
+            warnings.simplefilter("ignore")
+        args.done = []
+        rc = _run(args)
+        if demo:
+            _demo_table(args)
+        return rc
 
 
 def _run(args) -> int:
@@ -456,11 +446,7 @@ def _attempt(inp: str, *context) -> tuple[dict, int]:
     except MemoryError:
         msg, code = f"{inp}: out of memory (try a smaller --batch)", EX_SOFTWARE
     except Exception as exc:  # a bug: one line, the traceback only on request
-        if os.environ.get("RLP_DEBUG"):
-            traceback.print_exc()
-        msg = (f"{inp}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-               "please report it (RLP_DEBUG=1 shows the traceback)")
-        code = EX_SOFTWARE
+        msg, code = f"{inp}: {report_internal_error(exc)}", EX_SOFTWARE
     _say(msg)
     return {"input": inp, "ok": False, "error": msg, "exit_code": code}, code
 
