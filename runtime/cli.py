@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .core.atomic import NAME_MAX, OutputExists, atomic_set
+from .core.atomic import NAME_MAX, write_set
 from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
@@ -201,23 +201,20 @@ def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs
 
 def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool,
                    inp: str, lock: Path) -> None:
-    """Write every output of one input, all or nothing, from this process only.
+    """Write every output of one input, all or nothing, from this process only (core's :func:`write_set`;
+    ``lock``: one per stem, so that two runs into one folder publish one after the other)."""
+    maps = res.window_maps if "windows" in outputs else None
+    writers = {"heatmap": lambda p: save_like(p, res.heatmap, res.volume, force=True),
+               "overlay": lambda p: p.write_bytes(png)}
+    if maps is not None:
+        writers["windows"] = lambda p: _save_npy(p, maps if len(res.results) > 1 else maps[0])
+    writers["summary"] = lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_set(outputs, writers, force=force, lock=lock, owner=inp)
 
-    Temporary files first; then, holding the output set's lock (``lock``: one per stem, so that
-    two runs into one folder publish one after the other), the existence check (without
-    ``force``) and the renames. A failure removes only what this process wrote.
-    """
-    try:
-        with atomic_set(outputs, force=force, lock=lock) as staged:
-            save_like(staged.path("heatmap"), res.heatmap, res.volume, force=True)
-            staged.path("overlay").write_bytes(png)
-            if "windows" in outputs:
-                maps = res.window_maps
-                with open(staged.path("windows"), "wb") as fh:
-                    np.save(fh, maps if len(res.results) > 1 else maps[0], allow_pickle=False)
-            staged.path("summary").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    except OutputExists as exc:  # made meanwhile by another process: reported as any existing output, left alone
-        raise CannotCreate(f"output {exc.path} exists; pass --force to overwrite", inp) from None
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would add .npy to a name without it
+        np.save(fh, array, allow_pickle=False)
 
 
 def _identities(path: str | os.PathLike) -> set:

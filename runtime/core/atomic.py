@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import CannotCreate, RlpError
 
@@ -382,3 +382,21 @@ def _publish(staged: StagedSet, force: bool) -> None:
         raise
     for p in old:
         p.unlink(missing_ok=True)
+
+
+def write_set(outputs: dict[str, str | os.PathLike], writers: dict[str, Callable[[Path], object]], *,
+              force: bool = False, lock: str | os.PathLike | None = None,
+              owner: str | os.PathLike | None = None) -> None:
+    """Write several outputs all or nothing (:func:`atomic_set`): ``writers[key](temporary path)`` writes each,
+    in the order given; then all are published together, from this process only.
+
+    An output that exists without ``force`` (found under the lock, so also one another process
+    published meanwhile) is left alone and reported as a :class:`CannotCreate` on ``owner`` (the
+    input the set is made from, say) naming it, with the way to overwrite it.
+    """
+    try:
+        with atomic_set(outputs, force=force, lock=lock) as staged:
+            for key, write in writers.items():
+                write(staged.path(key))
+    except OutputExists as exc:
+        raise CannotCreate(f"output {exc.path} exists; pass --force to overwrite", owner) from None
