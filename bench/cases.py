@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.files import read_npz
 from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.core.preprocess import brain_mask
 
@@ -90,13 +91,7 @@ def heldout_cases(run: Path, n: int) -> list[dict]:
 
 
 def _npz_images(path: Path, key: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputMissing("not found", path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z[key]
-    except (KeyError, ValueError, OSError) as exc:
-        raise BadInput(f"cannot read {key!r} ({exc})", path) from None
+    return read_npz(path, (key,))[key]
 
 
 def load_case(case: dict) -> tuple[np.ndarray, tuple[float, float], np.ndarray | None]:

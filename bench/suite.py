@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.errors import BadInput
+from rlp.runtime.core.files import read_npz
 
 from .lesions import SUITE_KINDS, make_lesion
 
@@ -48,15 +49,10 @@ def size_class(radius: float) -> str:
 
 def _heldout(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path = run / "heldout.npz"
-    if not path.is_file():
-        raise InputMissing("held-out slices not found (the lesion suite is built from them)", path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            images, brains = z["images"].astype(np.float32), z["brains"].astype(bool)
-            split = z["split"] if "split" in z.files else np.full(len(images), 2, np.int8)
-    except (KeyError, ValueError, OSError) as exc:
-        raise BadInput(f"cannot read the held-out slices ({exc})", path) from None
-    return images, brains, split
+    z = read_npz(path, ("images", "brains"), ("split",),
+                 missing="held-out slices not found (the lesion suite is built from them)")
+    images, brains = z["images"].astype(np.float32), z["brains"].astype(bool)
+    return images, brains, z["split"] if "split" in z else np.full(len(images), 2, np.int8)
 
 
 def unregister(image: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -13,10 +13,8 @@ every problem is a one-line :class:`~rlp.runtime.core.errors.RlpError` naming th
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.manifest import path_role, sha256_file
 from rlp.runtime.core.preprocess import Preprocessing
@@ -105,28 +104,12 @@ def _predictor_setting(config: dict, key: str):
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise InputMissing(f"no {CONFIG}; is this an rlp-train run folder?", path.parent)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"not valid JSON ({exc})", path) from None
-    except OSError as exc:
-        raise BadInput(f"cannot read ({exc.strerror or exc})", path) from None
-    if not isinstance(config, dict):
-        raise BadInput("the training config is not a JSON object", path)
-    return config
+    return read_json_object(path, "the training config")
 
 
 def _read_heldout(path: Path, size: int, ceiling: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise InputMissing("held-out slices not found (the parity gate runs on them)", path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"images", "brains"} - set(npz.files)
-            if missing:
-                raise BadInput(f"missing array(s) {', '.join(sorted(missing))}", path)
-            images, brains = npz["images"], npz["brains"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"not a readable .npz of plain arrays ({exc})", path) from None
+    arrays = read_npz(path, ("images", "brains"), missing="held-out slices not found (the parity gate runs on them)")
+    images, brains = arrays["images"], arrays["brains"]
     if images.ndim != 3 or images.shape[1:] != (size, size) or len(images) == 0:
         raise BadInput(f"images have shape {images.shape}, expected (N, {size}, {size}) with N >= 1", path)
     if brains.shape != images.shape:

@@ -20,6 +20,7 @@ from .backends import BACKENDS, Backend
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
 from .core.cliutil import OneLineParser, UsageError, int_at_least, report_internal_error, run_main
+from .core.files import identities, identity_index
 from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .core.geometry import SCORES
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
@@ -217,24 +218,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array, allow_pickle=False)
 
 
-def _identities(path: str | os.PathLike) -> set:
-    """Ways to recognise a file: its absolute name, its resolved name, its device and inode."""
-    keys = {("name", os.path.abspath(path))}
-    with contextlib.suppress(OSError, ValueError):
-        keys.add(("name", os.path.realpath(path)))
-        st = os.stat(path)
-        keys.add(("inode", st.st_dev, st.st_ino))
-    return keys
-
-
-def _input_files(inputs: Sequence[str]) -> dict:
-    """Every identity of every input -> that input (outputs must never land on one)."""
-    return {key: inp for inp in inputs for key in _identities(inp)}
-
-
 def _overwrites_input(outputs: dict[str, Path], inputs: dict) -> tuple[Path, str] | None:
     for p in outputs.values():
-        for key in _identities(p):
+        for key in identities(p):
             if key in inputs:
                 return p, inputs[key]
     return None
@@ -272,7 +258,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
                                f"bytes, more than the {NAME_MAX} a file name can have; rename the input", inp)
     if stem in seen:
         raise CannotCreate(f"its outputs would overwrite those of {seen[stem]} (same name {stem!r}); rename one", inp)
-    clash = _overwrites_input(outputs, _input_files([inp]) if inputs is None else inputs)
+    clash = _overwrites_input(outputs, identity_index([inp]) if inputs is None else inputs)
     if clash:
         raise CannotCreate(f"its output {clash[0]} would overwrite the input {clash[1]}; inputs are never "
                            "overwritten, even with --force (choose another --out)", inp)
@@ -371,7 +357,7 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
     first_failure = EX_OK
     reports: list[dict] = []
     seen: dict[str, str] = {}
-    inputs = _input_files(args.inputs)
+    inputs = identity_index(args.inputs)
     with bundle, _progress(args.quiet) as progress:
         for n, inp in enumerate(args.inputs, 1):
             label = f"[{n}/{len(args.inputs)}] {Path(inp).name}"
