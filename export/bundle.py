@@ -5,9 +5,10 @@ The bundle is built in a temporary folder beside the target
 file is written and the gate passed; a failure or Ctrl-C leaves no bundle and
 an existing one untouched.
 
-Two small tables drive what is written: :data:`IO` (each role's graph
-inputs and outputs, the contract the runtime relies on) and :data:`VARIANTS`
-(each precision's model key and file name).
+:data:`IO` names each role's graph input and output; their shapes
+(:func:`~rlp.runtime.core.manifest.model_shapes`) and each precision's model key and file name
+(:func:`~rlp.runtime.core.manifest.model_key`) come from the manifest contract, which the runtime checks
+bundles against.
 """
 
 from __future__ import annotations
@@ -27,17 +28,15 @@ from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.core.geometry import SCORES
 from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
 from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
-                                  model_path, sha256_file)
+                                  model_key, model_path, model_shapes, sha256_file)
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
 from .progress import Reporter
 from .run import Run, RunModel, input_kind, input_side, load_run
 
-#: role -> (input name, output name, output shape after the batch axis)
-IO = {"g": ("image", "recon", None), "r": ("image", "loss", [1])}
-#: precision -> (model key suffix, file suffix)
-VARIANTS = {"fp32": ("", ".onnx"), "fp16": ("_fp16", "_fp16.onnx")}
+#: role -> (input name, output name); the shapes are the manifest's model_shapes, the keys its model_key
+IO = {"g": ("image", "recon"), "r": ("image", "loss")}
 
 
 class ParityFailure(RlpError):
@@ -113,30 +112,26 @@ def _loss(run: Run) -> dict:
 def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, reporter: Reporter) -> tuple[dict, dict]:
     """Export one trained model to every requested precision; returns manifest entries and graph summaries."""
     kind, side = input_kind(model, run.geometry), input_side(model, run.geometry)
-    in_name, out_name, out_tail = IO[model.role]
-    if kind == "dense":
-        out_tail = [1, *run.geometry.grid_shape]
-    if model.role == "g":  # a reconstruction, or a Laplace G's mean and scale
-        out_tail = [2 if model.arch.get("output") == "laplace" else 1, side, side]
+    in_name, out_name = IO[model.role]
+    channels = 2 if model.arch.get("output") == "laplace" else 1  # G: a reconstruction, or a Laplace G's mean and scale
+    in_tail, out_tail = model_shapes(model.role, kind, side, run.geometry.grid_shape, channels)
     with reporter.step(f"export {model.key}: ONNX opset {opts.opset}"):
         prepared, info = onnx_export.prepare_for_export(model.module)
         example = torch.rand(2, 1, side, side, generator=torch.Generator().manual_seed(0))
         proto = onnx_export.export_onnx(prepared, example, in_name, out_name, opts.opset)
     entries, graphs = {}, {}
     for precision in opts.precisions:
-        suffix, file_suffix = VARIANTS[precision]
-        key = model.key + suffix
-        path = folder / f"{model.key}{file_suffix}"
+        key = model_key(model.key, precision)
+        path = folder / f"{key}.onnx"
         with reporter.step(f"check and write {path.name}"):
             variant = onnx_export.to_fp16(proto) if precision == "fp16" else proto
             onnx_export.set_metadata(variant, _metadata(run, model, key, precision, kind, info))
             graphs[key] = onnx_export.check_onnx(variant, key) | info
             path.write_bytes(variant.SerializeToString())
-            out_shape = [onnx_export.BATCH] + (out_tail or [1, side, side])
             entries[key] = ModelEntry(
                 role=model.role, file=path.name, **file_entry_fields(path),
-                inputs=[TensorSpec(in_name, [onnx_export.BATCH, 1, side, side], "float32")],
-                outputs=[TensorSpec(out_name, out_shape, "float32")],
+                inputs=[TensorSpec(in_name, [onnx_export.BATCH, *in_tail], "float32")],
+                outputs=[TensorSpec(out_name, [onnx_export.BATCH, *out_tail], "float32")],
                 opset=graphs[key]["opset"], precision=precision, io_dtype="float32", input_kind=kind,
                 architecture=dict(model.arch),
                 target_transform=run.target_transform if model.role == "r" else "identity",
@@ -229,7 +224,7 @@ def _checkpoint_info(run: Run) -> dict:
 
 
 def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path, trt_env) -> list:
-    in_name, out_name, _ = IO[model.role]
+    in_name, out_name = IO[model.role]
     reduced = []
     for key, entry in models.items():
         if model_path(key) == model.key and entry.precision != "fp32":
@@ -254,7 +249,7 @@ def _build_engines(trt_env, models: dict, folder: Path, out: Path, reporter: Rep
     engines = []
     for key, entry in models.items():
         # one engine per model: from the fp16 ONNX when there is one, else from the fp32 ONNX
-        if entry.precision == "fp32" and f"{key}_fp16" in models:
+        if entry.precision == "fp32" and model_key(key, "fp16") in models:
             continue
         with reporter.step(f"TensorRT {trt_env.version}: {key} engine for sm{trt_env.compute_capability}"):
             engines.append(builder.build(folder / entry.file, folder / engine_file(key, trt_env), model_key=key,

@@ -48,8 +48,8 @@ from .coarse import NAME as COARSE
 from .coarse import CoarseToFine, coarse_to_fine
 from .core.errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .core.geometry import SCORES, WindowGeometry, iter_batches
-from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_path,
-                       path_role, sha256_file)
+from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_key,
+                       model_path, model_shapes, path_role, sha256_file)
 from .core.nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
 from .core.preprocess import Prepared, Resampler, preprocess_slice
 
@@ -290,7 +290,7 @@ class Bundle:
         if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
             raise RlpError(f"path must be g, r or r-NAME (this bundle: {', '.join(self.manifest.paths())}), got {path!r}",
                            code=EX_USAGE)
-        fp16 = f"{path}_fp16"
+        fp16 = model_key(path, "fp16")
         if self.precision == "fp16" or (self.precision == "auto" and kind in GPU_BACKENDS and fp16 in models):
             if fp16 not in models:
                 raise BadInput(f"the bundle has no fp16 model for path {path} (models: {', '.join(models)})", self.root)
@@ -317,14 +317,11 @@ class Bundle:
                                f"does not know (it knows {', '.join(TARGET_TRANSFORMS)}); upgrade rlp", self.root)
             s = model_geometry(self.manifest.geometry, entry, self.root).input_size
             model = check_model(self.root, key, entry)
-            want_in = (None, 1, s, s)
-            if role == "g":  # a reconstruction, or a Laplace G's mean and scale (what a z score needs)
-                channels = model.output.shape[1] if len(model.output.shape) == 4 else None
-                want_out = (None, 2 if self.bundle_score == "z" else channels if channels in (1, 2) else 1, s, s)
-            elif entry.input_kind == "dense":
-                want_out = (None, 1) + self.manifest.geometry.grid_shape
-            else:
-                want_out = (None, 1)
+            # G: a reconstruction, or a Laplace G's mean and scale (what a z score needs)
+            channels = model.output.shape[1] if len(model.output.shape) == 4 else None
+            channels = 2 if self.bundle_score == "z" else channels if channels in (1, 2) else 1
+            ins, outs = model_shapes(role, entry.input_kind, s, self.manifest.geometry.grid_shape, channels)
+            want_in, want_out = (None, *ins), (None, *outs)
             for what, spec, want in (("input", model.input, want_in), ("output", model.output, want_out)):
                 if len(spec.shape) != len(want) or any(
                         a is not None and b is not None and a != b for a, b in zip(spec.shape, want)):

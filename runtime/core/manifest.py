@@ -53,6 +53,32 @@ def model_path(key: str) -> str:
     return key.split("_", 1)[0]
 
 
+#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle
+PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
+
+
+def model_key(path: str, precision: str = "fp32") -> str:
+    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path` undoes it."""
+    return path + PRECISION_SUFFIX[precision]
+
+
+def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, int],
+                 g_channels: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The input and output shapes after the batch axis that a bundle model must have.
+
+    Input: one channel of ``side`` x ``side``. Output: G, ``g_channels`` images of that size (2 for a
+    Laplace G's mean and scale); a dense predictor, the window map ``(1, *grid_shape)``; any other
+    predictor, one loss per window ``(1,)``. The exporter writes these, the runtime checks them.
+    """
+    if role == "g":
+        out = (g_channels, side, side)
+    elif input_kind == "dense":
+        out = (1, *grid_shape)
+    else:
+        out = (1,)
+    return (1, side, side), out
+
+
 def path_role(path: str) -> str:
     """The role (``"g"`` or ``"r"``) of a heatmap path; ValueError for a name that is not a path."""
     if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
