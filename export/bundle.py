@@ -32,7 +32,7 @@ from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifes
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
-from .progress import Reporter
+from rlp.runtime.core.progress import Reporter
 from .run import Run, RunModel, input_kind, input_side, load_run
 
 #: role -> (input name, output name); the shapes are the manifest's model_shapes, the keys its model_key

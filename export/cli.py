@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .bundle import ExportOptions, ParityFailure, export_bundle
     from .parity import table
-    from .progress import Reporter
+    from rlp.runtime.core.progress import Reporter
 
     reporter = Reporter(quiet=args.quiet)
     opts = ExportOptions(out=args.out, fp16=args.fp16, trt=args.trt, models=args.models, opset=args.opset,

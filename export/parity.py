@@ -43,7 +43,7 @@ from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import score_windows
 
-from .progress import Reporter
+from rlp.runtime.core.progress import Reporter
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

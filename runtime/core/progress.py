@@ -3,7 +3,8 @@
 Off a terminal (logs, CI, pipes, nohup) a bar would only print its final frame
 among the error lines; there a plain line per task is printed instead, at most
 every ``RLP_PROGRESS_INTERVAL`` seconds (default 30), so that a long job piped to
-a log shows that it is alive and how far it got.
+a log shows that it is alive and how far it got. :class:`Reporter` is a display of
+named steps (a bar each) with tables and plain lines, on the same bars.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -95,3 +97,46 @@ def progress(quiet: bool = False, extra: str | None = None, *, transient: bool =
         cols.append(TextColumn(extra))
     with Progress(*cols, console=console, transient=transient) as bar:
         yield bar
+
+
+Advance = Callable[[int], None]
+
+
+class Reporter:
+    """Named steps with a bar each, plus tables and plain lines on stderr; ``quiet`` shows nothing (rlp-export's display)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        # stderr=True looks sys.stderr up at every write, so redirection (and pytest's capsys) is followed
+        self.console = Console(stderr=True)
+        self._stack = contextlib.ExitStack()
+        self._bar = None
+
+    def __enter__(self) -> "Reporter":
+        self._bar = self._stack.enter_context(progress(self.quiet))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._bar = None
+
+    @contextlib.contextmanager
+    def step(self, description: str, total: int = 1) -> Iterator[Advance]:
+        """A step of ``total`` units; yields ``advance(n)``; shown complete when the block ends."""
+        bar = self._bar
+        if bar is None:
+            yield lambda n=1: None
+            return
+        task = bar.add_task(description, total=max(1, total))
+        yield lambda n=1: bar.advance(task, n)
+        bar.update(task, completed=max(1, total))
+
+    def print(self, *renderables) -> None:
+        """Rich renderables (tables)."""
+        if not self.quiet:
+            self.console.print(*renderables)
+
+    def line(self, text: str) -> None:
+        """Plain text, never wrapped or parsed as markup (paths and commands get copied)."""
+        if not self.quiet:
+            self.console.print(text, soft_wrap=True, markup=False, highlight=False)
