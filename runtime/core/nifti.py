@@ -1,6 +1,6 @@
 """Careful NIfTI reading and writing (nibabel underneath).
 
-Every problem a NIfTI file can have becomes one :class:`~rlp.runtime.errors.RlpError`
+Every problem a NIfTI file can have becomes one :class:`~rlp.runtime.core.errors.RlpError`
 naming the file: the header is parsed and checked (dimensions, data type, zooms,
 declared size against a memory cap) before any voxel is allocated, gzip streams
 are read to the end so their CRC is verified (nibabel never reads it), and the
