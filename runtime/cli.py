@@ -27,18 +27,22 @@ from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINIT
                       VolumeHeatmap, default_bundle, demo_slices)
 from .core.manifest import path_role
 from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
-from .overlay import MAX_PANELS, Panel, pick_slices, render
+from .overlay import MAX_PANELS, Panel, heat_label, panel_title, pick_slices, render
 from .core.progress import progress
 
 PROG = "rlp-heatmap"
 
 EPILOG = f"""\
 outputs (in --out, per input <stem>):
-  <stem>_heatmap.nii.gz   float32 heatmap with the input's shape, affine, qform and sform (slope 1)
+  <stem>_heatmap.nii.gz   float32 heatmap with the input's shape, affine, qform and sform, no scaling
+                          (scl_slope stored as NaN: unset); each voxel the mean of the windows covering it
   <stem>_overlay.png      the slice (or, for volumes, a montage of the {MAX_PANELS} slices with the
-                          highest scores) in grey, the heatmap in colour, the top window boxed
+                          highest scores) in grey beside the same with the heatmap in colour, the top
+                          window boxed; sides marked (L/R, A/P, S/I), radiological unless --neurological;
+                          titles: the top window's score; colours: per-voxel mean of window scores
   <stem>_summary.json     bundle and manifest hash, path, backend, timings, windows evaluated,
-                          top windows with voxel and world (mm) coordinates, warnings
+                          top windows with voxel and world (mm) coordinates, the top window's score
+                          (max_score) and the heatmap's largest voxel (heatmap_max), warnings
   <stem>_windows.npy      with --save-window-map: the window map (rows x cols; slices x rows x cols
                           for volumes), 0 where a window was skipped
 
@@ -94,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "reconstruction of the box is from the tissue in units of the error G expects there on "
                             "healthy tissue (|x - mu| / b), or the paper's raw L1 (--score l1, path g).")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume; none: the demo slices that ship "
-                        "with rlp (held-out MNI152 slices with synthetic lesions), with a table of top-window hits")
+                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume (or --volume-index); none: the demo "
+                        "slices that ship with rlp (held-out MNI152 slices with synthetic lesions), with a table of "
+                        "top-window hits")
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle written by rlp-export (default: the embedded demo bundle)" if default_bundle()
                    else "model bundle written by rlp-export (required: this install has no embedded demo bundle)")
@@ -126,8 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slice orientation for volumes (default axial; single-slice files use their own)")
     p.add_argument("--slice", type=int_at_least(0), default=None, metavar="N",
                    help="only the slice with voxel index N along the file axis closest to --axis (as viewers show it)")
+    p.add_argument("--volume-index", type=int_at_least(0), default=None, metavar="N",
+                   help="4D files: use volume N (0-based, along the fourth axis) instead of refusing a file with "
+                        "several volumes; the outputs have the 3D grid")
     p.add_argument("--all-windows", action="store_true", help="evaluate windows without brain tissue too")
     p.add_argument("--save-window-map", action="store_true", help="also write <stem>_windows.npy")
+    p.add_argument("--neurological", action="store_true",
+                   help="overlays in the neurological convention (the patient's left on the left); default: "
+                        "radiological (the patient's left on the right), sides marked from the input's affine")
     p.add_argument("--top-k", type=int_at_least(0), default=DEFAULT_TOP_K, metavar="K",
                    help=f"windows listed in the summary (default {DEFAULT_TOP_K})")
     p.add_argument("--nonfinite", choices=NONFINITE, default=None,
@@ -166,13 +177,14 @@ def _panels(res: VolumeHeatmap) -> list[Panel]:
     else:
         chosen = sorted(set(np.linspace(0, len(scores) - 1, min(len(scores), MAX_PANELS)).round().astype(int)))
     spacing = tuple(z for j, z in enumerate(vol.zooms) if j != k)
+    axcodes = tuple(c for j, c in enumerate(vol.axcodes()) if j != k)
     panels = []
     for i in chosen:
         c = vol.file_to_canonical_index(k, res.slices[i])
         r = res.results[i]
-        title = f"slice {res.slices[i]}  max {r.max_score:.3g}" if len(res.results) > 1 else f"max {r.max_score:.3g}"
+        title = panel_title(r.max_score, res.slices[i] if len(res.results) > 1 else None)
         panels.append(Panel(np.take(vol.data, c, axis=k), np.take(res.canonical_heatmap, c, axis=k), spacing,
-                            r.top[0].box if r.top else None, title))
+                            r.top[0].box if r.top else None, title, axcodes))
     return panels
 
 
@@ -276,9 +288,10 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
 
     t0 = time.perf_counter()
     try:
-        res = bundle.heatmap_nifti(inp, axis=args.axis, slice=args.slice, path=args.path,
-                                   all_windows=args.all_windows, top_k=args.top_k, nonfinite=args.nonfinite,
-                                   progress=on_slice, method=args.method, coarse=_coarse(args))
+        res = bundle.heatmap_nifti(inp, volume_index=args.volume_index, axis=args.axis, slice=args.slice,
+                                   path=args.path, all_windows=args.all_windows, top_k=args.top_k,
+                                   nonfinite=args.nonfinite, progress=on_slice, method=args.method,
+                                   coarse=_coarse(args))
     finally:
         if task is not None:
             progress.remove_task(task)
@@ -286,8 +299,8 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
     name = Path(inp).name
     score = {"z": "window z score |x - mu| / b", "l1": "window L1 loss"}.get(res.score, f"window {res.score} score")
     what = f"{score} (G)" if args.path == "g" else f"predicted {score} ({args.path.upper()})"
-    png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=what,
-                 with_input=len(res.results) == 1)
+    png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=heat_label(what),
+                 with_input=True, radiological=not args.neurological)
     summary = _summary(res, bundle, backend, args, outputs)
     summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
@@ -379,6 +392,13 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
     return first_failure
 
 
+#: the bundled demo model's measured weakness (runtime/demo/MODEL_CARD.md, the lesion suite of its run, seed 0),
+#: printed under the demo's table while it lasts
+DEMO_WEAKNESS = ("demo model, measured on its lesion suite (model card): R's top window misses lesions G's finds, "
+                 "55/72 against 59/72 (bright uniform 13/15 against 15/15); dark uniform lesions are missed most "
+                 "(R 8/14, G 9/14)")
+
+
 def _demo_table(args) -> None:
     """The zero-argument demo: where the top window is, and whether it hits the inserted lesion."""
     from rich.console import Console
@@ -407,6 +427,8 @@ def _demo_table(args) -> None:
         if not console.is_terminal:
             console = Console(width=120)  # pipes and logs: no column truncation
         console.print(t)
+        if args.bundle is None:  # the embedded demo bundle: its known weakness, where its user looks
+            console.print(DEMO_WEAKNESS, soft_wrap=True, markup=False, highlight=False)
 
 
 def window_hits(mask, top: dict) -> bool:

@@ -217,6 +217,7 @@ class VolumeHeatmap:
         file_axis, _ = v.file_axis(self.axis)
         return {
             "input": str(v.path),
+            **({} if v.volume_index is None else {"volume_index": v.volume_index}),
             "shape": list(v.file_shape),
             "path": self.path,
             "score": self.score,
@@ -228,6 +229,7 @@ class VolumeHeatmap:
                         "scored_exactly": sum(r.approximate["scored"] if r.approximate else r.n_evaluated
                                               for r in self.results)},
             "max_score": self.max_score,
+            "heatmap_max": float(self.heatmap.max()) if self.heatmap.size else 0.0,
             "top_windows": [w.to_dict() for w in self.top],
             "per_slice": [{"slice": s, "max_score": r.max_score, "windows_evaluated": r.n_evaluated,
                            "empty": r.empty} for s, r in zip(self.slices, self.results)],
@@ -484,7 +486,7 @@ class Bundle:
             raise BadInput("every voxel is non-finite (NaN/Inf)", volume.path)
         if n_bad and policy == "error":
             raise BadInput(f"{n_bad} non-finite voxel(s) (NaN/Inf); pass --nonfinite zero "
-                           "(nonfinite='zero') to replace them with 0", volume.path)
+                           "to replace them with 0", volume.path)
         if n_bad:
             warnings.append(f"replaced {n_bad} non-finite voxel(s) with 0 (--nonfinite zero)")
         heat = np.zeros(volume.data.shape, dtype=np.float32)
@@ -526,10 +528,11 @@ class Bundle:
         return VolumeHeatmap(volume.to_file_grid(heat), volume, k, indices, results, top, path, timings,
                              warnings, heat, self.score)
 
-    def heatmap_nifti(self, file: str | Path, **options) -> VolumeHeatmap:
-        """:meth:`heatmap_volume` of a NIfTI file (2D, 3D, or 4D with one volume), checked on load."""
+    def heatmap_nifti(self, file: str | Path, *, volume_index: int | None = None, **options) -> VolumeHeatmap:
+        """:meth:`heatmap_volume` of a NIfTI file (2D, 3D, or 4D with one volume, or the volume
+        ``volume_index`` of a 4D file), checked on load."""
         t0 = time.perf_counter()
-        volume = load_nifti(file)
+        volume = load_nifti(file, volume_index=volume_index)
         t_load = time.perf_counter() - t0
         out = self.heatmap_volume(volume, **options)
         out.timings["load_s"] = t_load

@@ -68,6 +68,7 @@ class Volume:
     file_shape: tuple[int, ...]  # shape as stored in the file
     ornt: np.ndarray  # file array axes -> canonical
     warnings: list[str] = field(default_factory=list)
+    volume_index: int | None = None  # the volume taken from a 4D file (``load_nifti(volume_index=)``)
 
     def slice_axis(self, axis: str = "axial") -> int:
         """Canonical axis to slice along: a singleton axis wins (single-slice files)."""
@@ -96,8 +97,15 @@ class Volume:
     def canonical_to_file(self, ijk_canonical: np.ndarray) -> np.ndarray:
         """File voxel indices (continuous, first three axes) of canonical voxel indices."""
         ijk = np.atleast_2d(np.asarray(ijk_canonical, dtype=np.float64))
-        inv_aff = nio.inv_ornt_aff(self.ornt, _shape3(self.file_shape))  # canonical index -> file index
-        return nib.affines.apply_affine(inv_aff, ijk)
+        return nib.affines.apply_affine(self._canonical_to_file_affine(), ijk)
+
+    def _canonical_to_file_affine(self) -> np.ndarray:
+        return nio.inv_ornt_aff(self.ornt, _shape3(self.file_shape))  # canonical index -> file index
+
+    def axcodes(self) -> tuple[str, str, str]:
+        """The anatomical letter (R/L, A/P, S/I) that each canonical array axis runs towards, read from the
+        input's affine (``nibabel.orientations.aff2axcodes``): what an overlay marks on each side."""
+        return tuple(nio.aff2axcodes(self.affine @ self._canonical_to_file_affine()))
 
     def voxel_to_world(self, ijk_canonical: np.ndarray) -> np.ndarray:
         """World (mm) coordinates of canonical voxel indices."""
@@ -314,6 +322,7 @@ def _parse_header(head: bytes, path: Path):
             hdr = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
     except Exception as exc:  # nibabel raises several types for broken headers
         raise BadInput(f"invalid NIfTI header ({_one_line(exc)})", path) from None
+    _refuse_cifti(hdr, path)
     code = int(hdr["datatype"])
     if code not in _OK_DTYPES:
         raise BadInput(f"unsupported NIfTI data type code {code} (complex, RGB or unknown)", path)
@@ -329,6 +338,18 @@ def _parse_header(head: bytes, path: Path):
         if dim[ax + 1] > 1 and not (np.isfinite(z) and z > 0):
             raise BadInput(f"voxel size pixdim[{ax + 1}]={z:g} is not a positive number", path)
     return klass, hdr
+
+
+#: NIfTI intent codes 3000-3099 (NIFTI_INTENT_CONNECTIVITY_*) mark CIFTI files: a NIfTI-2 container of grayordinates
+CIFTI_INTENTS = range(3000, 3100)
+
+
+def _refuse_cifti(hdr, path: Path) -> None:
+    """A CIFTI file (surface vertices and grayordinates, not a voxel grid) is refused for what it is."""
+    code = int(hdr["intent_code"])
+    if code in CIFTI_INTENTS:
+        raise BadInput(f"is a CIFTI file (NIfTI intent code {code}: grayordinates, not a voxel volume); "
+                       "CIFTI is not supported: give a NIfTI volume", path)
 
 
 class _ListHandler(logging.Handler):
@@ -360,8 +381,11 @@ def _nibabel_log(sink: list[str] | None):
 _one_line = one_line
 
 
-def load_nifti(path: str | os.PathLike) -> Volume:
-    """Load and check one NIfTI image; raise :class:`RlpError` on any problem."""
+def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volume:
+    """Load and check one NIfTI image; raise :class:`RlpError` on any problem.
+
+    A 4D file holding several volumes is refused unless ``volume_index`` picks one (0-based, along the
+    fourth axis); the :class:`Volume` is then that 3D volume, with the file's 3D grid and affine."""
     path = Path(path)
     klass, raw_hdr, raw = _read_stream(path)
     notes: list[str] = []
@@ -372,12 +396,32 @@ def load_nifti(path: str | os.PathLike) -> Volume:
         warnings.simplefilter("ignore")  # nibabel and numpy warn about broken affines: they are checked below
         try:
             img = klass.from_bytes(raw)
-            data = np.asarray(img.get_fdata(dtype=np.float32))
+            data = _pick_volume(img, volume_index, path)
+        except RlpError:
+            raise
         except MemoryError:
             raise BadInput("not enough memory to read the voxel data", path) from None
         except Exception as exc:
             raise BadInput(f"cannot read voxel data ({_one_line(exc)})", path) from None
-        return _make_volume(path, data, img, notes)
+        vol = _make_volume(path, data, img, notes)
+    vol.volume_index = None if volume_index is None else int(volume_index)
+    return vol
+
+
+def _pick_volume(img, index: int | None, path: Path) -> np.ndarray:
+    """The voxels as float32: all of them, or (``index``) only that volume of the fourth axis."""
+    if index is None:
+        return np.asarray(img.get_fdata(dtype=np.float32))
+    shape = img.shape
+    if len(shape) > 4 and math.prod(shape[4:]) != 1:
+        raise BadInput(f"has more than four dimensions (shape {shape}); --volume-index picks a volume "
+                       "of a 4D file only", path)
+    n = int(shape[3]) if len(shape) > 3 else 1
+    if not 0 <= int(index) < n:
+        raise BadInput(f"volume index {index} is out of range: the file has {n} volume(s) (0..{n - 1})", path)
+    if len(shape) <= 3:
+        return np.asarray(img.get_fdata(dtype=np.float32))
+    return np.asarray(img.dataobj[:, :, :, int(index)], dtype=np.float32)
 
 
 def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: str = "array") -> Volume:
@@ -407,7 +451,8 @@ def _make_volume(path: Path, data: np.ndarray, img, notes: list[str]) -> Volume:
     if data.ndim > 3:
         extra = data.shape[3:]
         if int(np.prod(extra)) != 1:
-            raise BadInput(f"has {int(np.prod(extra))} volumes (shape {data.shape}); extract one volume first", path)
+            raise BadInput(f"has {int(np.prod(extra))} volumes (shape {data.shape}); pick one with "
+                           "--volume-index N", path)
         data = data.reshape(data.shape[:3])
     if data.ndim < 2:
         raise BadInput(f"is not an image (shape {data.shape})", path)
@@ -443,7 +488,8 @@ def _make_volume(path: Path, data: np.ndarray, img, notes: list[str]) -> Volume:
 
 
 def save_like(path: str | os.PathLike, data_file_grid: np.ndarray, ref: Volume, *, force: bool = True) -> Path:
-    """Write float32 data on ``ref``'s grid: same shape, affine, qform and sform, slope 1."""
+    """Write float32 data on ``ref``'s grid: same shape, affine, qform and sform, no scaling (nibabel stores
+    ``scl_slope`` and ``scl_inter`` as NaN, "unset")."""
     arr = np.asarray(data_file_grid, dtype=np.float32)
     if arr.shape != tuple(ref.file_shape):
         raise ValueError(f"data shape {arr.shape} != input shape {ref.file_shape}")
