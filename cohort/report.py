@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime.atomic import write_bytes, write_text
+from rlp.runtime.overlay import figure, png_bytes
 
 INDEX_CSV, INDEX_JSONL = "cohort_index.csv", "cohort_index.jsonl"
 REPORT_MD, REPORT_PLOT, REPORT_MONTAGE = "cohort_report.md", "cohort_scores.png", "cohort_top.png"
@@ -55,24 +56,9 @@ def write_index(out: Path, rows: list[dict]) -> tuple[Path, Path]:
     return write_text(out / INDEX_CSV, buf.getvalue()), write_text(out / INDEX_JSONL, lines)
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def score_plot(ranked: list[dict]) -> bytes:
     """Every finished volume's maximum score, highest first."""
-    fig = _figure(8, 3.5)
+    fig = figure(8, 3.5)
     ax = fig.add_subplot(1, 1, 1)
     scores = [r["max_score"] for r in ranked]
     ax.bar(np.arange(1, len(scores) + 1), scores, color="tab:red", width=0.9)
@@ -80,7 +66,7 @@ def score_plot(ranked: list[dict]) -> bytes:
     ax.set_ylabel("max window score")
     ax.set_title(f"{len(scores)} volumes, most anomalous first")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def montage(ranked: list[dict], n: int) -> bytes | None:
@@ -92,14 +78,14 @@ def montage(ranked: list[dict], n: int) -> bytes | None:
         return None
     cols = min(3, len(top))
     rows = -(-len(top) // cols)
-    fig = _figure(5 * cols, 4.2 * rows)
+    fig = figure(5 * cols, 4.2 * rows)
     for i, r in enumerate(top):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(imread(r["outputs"]["overlay"]))
         ax.set_title(f"#{i + 1} {Path(r['input']).name}  max {r['max_score']:.3g}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def write_report(out: Path, rows: list[dict], settings: dict, engine: str, top: int = 6) -> Path:

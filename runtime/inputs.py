@@ -129,9 +129,11 @@ def list_inputs(items: Iterable[str | os.PathLike], *, recursive: bool = True) -
             out.append(Input(item))
             continue
         files = [f for f in files if not is_skipped(f)]
+        if not files and p.is_dir():  # a folder given as an input, with nothing to read in it: bad data (65)
+            raise BadInput("is a directory with no NIfTI files (.nii, .nii.gz) below it (masks and _heatmap "
+                           "outputs left out)", item)
         if not files:
-            what = "folder" if p.is_dir() else "glob"
-            raise InputMissing(f"no NIfTI files (.nii, .nii.gz) in this {what}", item)
+            raise InputMissing("no NIfTI files (.nii, .nii.gz) match this glob", item)
         add(Input(str(f)) for f in files)
     return out
 

@@ -39,6 +39,23 @@ def pick_slices(scores: Sequence[float], n: int = MAX_PANELS) -> list[int]:
     return sorted(int(i) for i in order)
 
 
+def figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig, **savefig) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    return buf.getvalue()
+
+
 def _grey_range(image: np.ndarray) -> tuple[float, float]:
     vals = image[np.isfinite(image)]
     fg = vals[vals > 0]

@@ -14,6 +14,7 @@ import numpy as np
 from runtime_helpers import make_bundle, phantom, write_nifti
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+COHORT = Path(__file__).resolve().parents[1] / "cohort"
 FORBIDDEN = ("torch", "torchvision", "rlp.train", "rlp.export", "rlp.bench")
 
 # Installed as sitecustomize: any attempt to import torch fails (and is recorded), like an install without it.
@@ -59,6 +60,20 @@ def test_no_runtime_module_imports_torch_or_an_upper_layer():
     for f in files:
         for name in _imports(ast.parse(f.read_text(), str(f))):
             assert not any(name == m or name.startswith(m + ".") for m in FORBIDDEN), f"{f.name} imports {name}"
+
+
+def test_no_cohort_module_imports_torch_or_train_export_bench():
+    """rlp.cohort builds on the runtime only (and Ray, lazily): a cohort install needs no PyTorch."""
+    files = sorted(COHORT.rglob("*.py"))
+    assert len(files) >= 4
+    for f in files:
+        for name in _imports(ast.parse(f.read_text(), str(f))):
+            assert not any(name == m or name.startswith(m + ".") for m in FORBIDDEN), f"{f.name} imports {name}"
+    code = ("import sys, rlp.cohort.cli, rlp.cohort.engines, rlp.cohort.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or m.startswith(('rlp.train', "
+            "'rlp.export', 'rlp.bench'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # ray too: only --ray imports it
 
 
 def test_the_whole_command_runs_where_torch_cannot_be_imported(tmp_path):
