@@ -234,3 +234,11 @@ def test_ray_and_local_give_the_same_cohort(cohort, local_run, local_ray, tmp_pa
     assert sorted(ray_maps) == sorted(local_maps) and len(ray_maps) == 3
     for k in ray_maps:
         np.testing.assert_array_equal(ray_maps[k], local_maps[k])
+
+
+def test_ray_missing_is_one_line_naming_the_extra(cohort, capsys, tmp_path, monkeypatch):
+    root, bundle = cohort
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the scale extra
+    code, _, err = _run(capsys, root / "w.nii.gz", "--bundle", bundle, "--out", tmp_path / "out", "--ray")
+    assert code == 70 and err.strip() == ("rlp-cohort: --ray needs the Python package 'ray', which is not installed: "
+                                          "pip install -e '.[cpu,scale]'")
