@@ -102,7 +102,8 @@ class RayEngine:
             raise Unavailable("--ray needs the Python package 'ray', which is not installed: "
                               "pip install -e '.[cpu,scale]'") from None
         self.ray = ray
-        if not ray.is_initialized():
+        self.started = not ray.is_initialized()  # shut down again at the end only if this run started it
+        if self.started:
             ray.init(address=None if address == "auto" else address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         gpu = spec.backend in GPU_BACKENDS
@@ -142,6 +143,8 @@ class RayEngine:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
+        if self.started:
+            self.ray.shutdown()
 
 
 class _Actor:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from runtime_helpers import make_bundle, phantom, write_nifti
 
@@ -54,21 +55,18 @@ def _imports(tree: ast.AST):
                 yield node.args[0].value
 
 
-def test_no_runtime_module_imports_torch_or_an_upper_layer():
-    files = sorted(RUNTIME.rglob("*.py"))
-    assert len(files) >= 10
+@pytest.mark.parametrize("package, at_least", [(RUNTIME, 10), (COHORT, 4)], ids=["runtime", "cohort"])
+def test_no_module_imports_torch_or_an_upper_layer(package, at_least):
+    """rlp.runtime, and rlp.cohort above it, import neither torch nor train, export or bench."""
+    files = sorted(package.rglob("*.py"))
+    assert len(files) >= at_least
     for f in files:
         for name in _imports(ast.parse(f.read_text(), str(f))):
             assert not any(name == m or name.startswith(m + ".") for m in FORBIDDEN), f"{f.name} imports {name}"
 
 
-def test_no_cohort_module_imports_torch_or_train_export_bench():
-    """rlp.cohort builds on the runtime only (and Ray, lazily): a cohort install needs no PyTorch."""
-    files = sorted(COHORT.rglob("*.py"))
-    assert len(files) >= 4
-    for f in files:
-        for name in _imports(ast.parse(f.read_text(), str(f))):
-            assert not any(name == m or name.startswith(m + ".") for m in FORBIDDEN), f"{f.name} imports {name}"
+def test_importing_the_cohort_package_loads_neither_torch_nor_ray():
+    """A cohort install needs no PyTorch; Ray is imported only by --ray."""
     code = ("import sys, rlp.cohort.cli, rlp.cohort.engines, rlp.cohort.report; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or m.startswith(('rlp.train', "
             "'rlp.export', 'rlp.bench'))))")
