@@ -141,11 +141,11 @@ def run_cohort(args) -> dict:
         bundle.check_method(settings.path, settings.method)
         spec = BundleSpec(str(bundle.root), bundle.manifest_sha256, args.backend, args.threads, args.batch,
                           args.precision, args.score)
+    tasks, failed = make_tasks(args, out)  # a table that cannot be read stops here, before --out is made
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CannotCreate(f"cannot create the output folder ({exc.strerror or exc})", out) from None
-    tasks, failed = make_tasks(args, out)
     key = settings.key(spec.sha256)
     rows: dict[int, dict] = {r["n"]: {**r, "attempts": 0} for r in failed}
     todo = []
@@ -154,7 +154,7 @@ def run_cohort(args) -> dict:
         if row is None:
             todo.append(t)
         else:
-            rows[t["n"]] = {**row, "status": SKIPPED, "attempts": 0}
+            rows[t["n"]] = {**row, "input": t["path"], "meta": t["meta"], "status": SKIPPED, "attempts": 0}
     t0 = time.monotonic()
     engine_name = f"ray ({args.ray})" if args.ray else "local"
     with progress(args.quiet, extra="{task.fields[info]}") as bar:

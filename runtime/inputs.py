@@ -130,8 +130,8 @@ def list_inputs(items: Iterable[str | os.PathLike], *, recursive: bool = True) -
             continue
         files = [f for f in files if not is_skipped(f)]
         if not files and p.is_dir():  # a folder given as an input, with nothing to read in it: bad data (65)
-            raise BadInput("is a directory with no NIfTI files (.nii, .nii.gz) below it (masks and _heatmap "
-                           "outputs left out)", item)
+            raise BadInput("not a regular file (it is a directory) and there are no NIfTI files (.nii, .nii.gz) "
+                           "below it (masks and _heatmap outputs left out)", item)
         if not files:
             raise InputMissing("no NIfTI files (.nii, .nii.gz) match this glob", item)
         add(Input(str(f)) for f in files)

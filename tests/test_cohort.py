@@ -130,7 +130,7 @@ def test_an_unreadable_table_row_is_one_clear_error(cohort, capsys, tmp_path):
     table.write_text(f"path\tage\n{root / 'w.nii.gz'}\t80\n{root / 'a' / 'v.nii.gz'}\n")
     code, _, err = _run(capsys, table, "--bundle", bundle, "--out", tmp_path / "out")
     assert code == 65 and err.strip() == f"rlp-cohort: {table}: line 3 has 1 fields, the header has 2"
-    assert not (tmp_path / "out" / "cohort_index.csv").exists()
+    assert not (tmp_path / "out").exists()  # nothing made
     (tmp_path / "n.csv").write_text("name,age\nx.nii.gz,3\n")
     code, _, err = _run(capsys, tmp_path / "n.csv", "--bundle", bundle, "--out", tmp_path / "out")
     assert code == 65 and "no path column" in err and len(err.strip().splitlines()) == 1

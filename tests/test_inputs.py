@@ -33,7 +33,7 @@ def test_folders_and_globs_list_the_images_only(scans):
     with pytest.raises(InputMissing, match="no NIfTI files"):
         list_inputs([f"{scans}/*.mgz"])
     (scans / "empty").mkdir()
-    with pytest.raises(BadInput, match="directory with no NIfTI files"):
+    with pytest.raises(BadInput, match="it is a directory.* no NIfTI files"):
         list_inputs([scans / "empty"])
     assert [i.path for i in list_inputs(["missing.nii.gz"])] == ["missing.nii.gz"]  # the command's error, per input
 
