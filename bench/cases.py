@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime.core.errors import BadInput, InputMissing
-from rlp.runtime.core.files import read_npz
+from rlp.runtime.inputs import nifti_files
 from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.core.preprocess import brain_mask
+from rlp.runtime.core.files import read_npz
 
 LESION = "lesion"
 HELDOUT = "heldout"
@@ -45,14 +46,15 @@ def _is_mask(path: Path) -> bool:
 
 
 def find_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path | None]]:
-    """(image, lesion mask or None) for files and folders (their NIfTI files, masks set aside)."""
+    """(image, lesion mask or None) for files, folders and quoted globs (their NIfTI files, masks set aside)."""
     pairs: list[tuple[Path, Path | None]] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and nifti_suffix(f) and not _is_mask(f))
+        listed = nifti_files(item, recursive=False)  # a folder or a quoted glob, as rlp-heatmap lists them
+        if listed is not None:
+            found = [f for f in listed if not _is_mask(f)]
             if not found:
-                raise InputMissing("no NIfTI slices (.nii, .nii.gz) in this folder", p)
+                raise InputMissing(f"no NIfTI slices (.nii, .nii.gz) in this {'folder' if p.is_dir() else 'glob'}", p)
             pairs += [(f, _mask_for(f)) for f in found]
         elif p.is_file():
             if not nifti_suffix(p):

@@ -8,26 +8,16 @@ lower, aspect from the voxel spacing.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from rlp.runtime.overlay import figure as _figure
+from rlp.runtime.overlay import png_bytes
 
 from .report import MB
 
 
-def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig, bbox_inches="tight")
 
 
 def _bars(ax, names, values, colours, xlabel: str, labels, label_at=None) -> None:

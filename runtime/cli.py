@@ -23,6 +23,7 @@ from .core.cliutil import OneLineParser, UsageError, int_at_least, report_intern
 from .core.files import identities, identity_index
 from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .core.geometry import SCORES
+from .inputs import LAYOUTS, list_inputs, output_folders
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, default_bundle, demo_slices)
 from .core.manifest import path_role
@@ -98,13 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "reconstruction of the box is from the tissue in units of the error G expects there on "
                             "healthy tissue (|x - mu| / b), or the paper's raw L1 (--score l1, path g).")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume (or --volume-index); none: the demo "
+                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume (or --volume-index); folders (every "
+                        "NIfTI file below them), quoted globs ('scans/**/*.nii.gz') or CSV/TSV tables with a path column; none: the demo "
                         "slices that ship with rlp (held-out MNI152 slices with synthetic lesions), with a table of "
                         "top-window hits")
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle written by rlp-export (default: the embedded demo bundle)" if default_bundle()
                    else "model bundle written by rlp-export (required: this install has no embedded demo bundle)")
     p.add_argument("--out", metavar="DIR", default="rlp-out", help="output folder (default: ./rlp-out)")
+    p.add_argument("--out-layout", choices=LAYOUTS, default="auto",
+                   help="flat: every output in --out; mirror: in --out/<the input's folder, relative to the folder all "
+                        "inputs share>, so inputs with one name in different folders cannot collide; auto (default): "
+                        "flat unless two inputs have one name")
     p.add_argument("--path", type=_heatmap_path, default="r",
                    help="r: the bundle's predictor (default, fast); r-NAME: a predictor variant the bundle also holds; "
                         "g: G, exact and slow")
@@ -337,6 +343,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _run(args) -> int:
+    args.inputs = [i.path for i in list_inputs(args.inputs)]  # folders, globs and tables -> files
     bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
                          precision=args.precision, score=args.score)
     backend = bundle.backend(args.path)
@@ -369,12 +376,20 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
             _say(f"note: {note}")
     first_failure = EX_OK
     reports: list[dict] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, dict[str, str]] = {}  # output folder -> stem -> input
     inputs = identity_index(args.inputs)
+    folders = output_folders(args.inputs, args.out_layout)
     with bundle, _progress(args.quiet) as progress:
         for n, inp in enumerate(args.inputs, 1):
             label = f"[{n}/{len(args.inputs)}] {Path(inp).name}"
-            report, code = _attempt(inp, args, bundle, backend, out_dir, seen, progress, label, inputs)
+            sub = out_dir / folders[inp]
+            made = [p for p in (sub, *sub.parents) if p != out_dir and out_dir in p.parents and not p.exists()]
+            sub.mkdir(parents=True, exist_ok=True)
+            report, code = _attempt(inp, args, bundle, backend, sub, seen.setdefault(str(sub), {}), progress, label,
+                                    inputs)
+            for folder in made:  # a mirrored folder this input created and left empty (it failed)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             reports.append(report)
             if code == EX_OK and isinstance(getattr(args, "done", None), list):
                 args.done.append(inp)  # what this call computed: the demo's table shows only these

@@ -48,6 +48,23 @@ def pick_slices(scores: Sequence[float], n: int = MAX_PANELS) -> list[int]:
     return sorted(int(i) for i in order)
 
 
+def figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig, **savefig) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig)
+    return buf.getvalue()
+
+
 def _grey_range(image: np.ndarray) -> tuple[float, float]:
     vals = image[np.isfinite(image)]
     fg = vals[vals > 0]
@@ -170,12 +187,10 @@ def montage_cells(panels: Sequence[Panel], with_input: bool) -> tuple[list[tuple
     return [c for p in panels for c in ((p, True), (p, False))], 2 * pairs
 
 
-def figure(panels: Sequence[Panel], *, title: str = "", label: str = "window loss", with_input: bool = True,
-           radiological: bool = True):
+def panels_figure(panels: Sequence[Panel], *, title: str = "", label: str = "window loss", with_input: bool = True,
+                  radiological: bool = True):
     """The matplotlib Figure of the panels (see :func:`render`)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
     if not panels:
         raise ValueError("no panels to draw")
@@ -183,8 +198,7 @@ def figure(panels: Sequence[Panel], *, title: str = "", label: str = "window los
     norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
     cells, ncols = montage_cells(panels, with_input)
     nrows = int(np.ceil(len(cells) / ncols))
-    fig = Figure(figsize=(3.2 * ncols + 0.8, 3.2 * nrows + 0.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(3.2 * ncols + 0.8, 3.2 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     mappable = None
     for ax in axes.ravel():
@@ -203,10 +217,8 @@ def render(panels: Sequence[Panel], *, title: str = "", label: str = "window los
            with_input: bool = True, radiological: bool = True) -> bytes:
     """PNG bytes of the panels (in a grid); ``with_input`` (default) shows each slice also without the
     heatmap, beside it; ``radiological`` (default) puts the patient's left on the picture's right."""
-    buf = io.BytesIO()
-    fig = figure(panels, title=title, label=label, with_input=with_input, radiological=radiological)
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return png_bytes(panels_figure(panels, title=title, label=label, with_input=with_input,
+                                   radiological=radiological))
 
 
 def save_overlay(path: str | os.PathLike, panels: Sequence[Panel], *, force: bool = True, **kw) -> Path:

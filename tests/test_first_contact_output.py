@@ -62,9 +62,9 @@ def test_the_figure_says_which_number_is_the_top_window_and_which_the_voxel_mean
     # a volume montage shows every slice's plain input beside its heatmap; radiological unless asked
     assert drawn["with_input"] is True and drawn["radiological"] is True
     assert all(p.axcodes == ("R", "A") for p in drawn["panels"])
-    from rlp.runtime.overlay import figure
+    from rlp.runtime.overlay import panels_figure
 
-    titles = [ax.get_title() for ax in figure(drawn["panels"], with_input=True).axes if ax.get_title()]
+    titles = [ax.get_title() for ax in panels_figure(drawn["panels"], with_input=True).axes if ax.get_title()]
     assert titles.count("input") == len(drawn["panels"]) == len(titles) // 2
     rc, _, err = _run([f, "--bundle", bundle, "--out", tmp_path / "n", "--quiet", "--neurological"], capsys)
     assert rc == 0 and drawn["radiological"] is False

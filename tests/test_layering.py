@@ -19,7 +19,8 @@ import pytest
 from runtime_helpers import make_bundle, phantom, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"runtime": "rlp.runtime", "train": "rlp.train", "export": "rlp.export", "bench": "rlp.bench"}
+PACKAGES = {"runtime": "rlp.runtime", "train": "rlp.train", "export": "rlp.export", "bench": "rlp.bench",
+            "cohort": "rlp.cohort"}
 CORE = "rlp.runtime.core"
 
 #: layer (a module prefix; the longest that matches a module is its layer) -> module prefixes it must never import
@@ -29,6 +30,7 @@ FORBIDDEN = {
     "rlp.train": ("rlp.export", "rlp.bench"),
     "rlp.export": ("rlp.bench",),
     "rlp.bench": (),
+    "rlp.cohort": ("torch", "torchvision", "rlp.train", "rlp.export", "rlp.bench"),
 }
 
 #: import cycles known to exist, each to be removed by its own change (the incremental scorer's, issue 19's
@@ -193,6 +195,15 @@ def test_the_cycle_check_finds_a_constructed_cycle(tmp_path):
 def test_a_module_importing_itself_is_no_cycle_and_every_module_resolves(module):
     mods = modules()
     assert module in mods and module not in edges(mods)[module]
+
+
+def test_importing_the_cohort_package_loads_neither_torch_nor_ray():
+    """A cohort install needs no PyTorch; Ray is imported only by --ray."""
+    code = ("import sys, rlp.cohort.cli, rlp.cohort.engines, rlp.cohort.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or m.startswith(('rlp.train', "
+            "'rlp.export', 'rlp.bench'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # ray too: only --ray imports it
 
 
 def test_the_whole_command_runs_where_torch_cannot_be_imported(tmp_path):

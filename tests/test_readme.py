@@ -80,9 +80,10 @@ def commands(code: str) -> list[list[str]]:
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from rlp.bench.cli import build_parser as bench
+    from rlp.cohort.cli import build_parser as cohort
     from rlp.runtime.cli import build_parser as heatmap
 
-    found = {"rlp-heatmap": heatmap(), "rlp-bench": bench()}
+    found = {"rlp-heatmap": heatmap(), "rlp-bench": bench(), "rlp-cohort": cohort()}
     try:  # the training and export commands need their extras (the test suite's install has them)
         from rlp.export.cli import build_parser as export
         from rlp.train.cli import _parser as train

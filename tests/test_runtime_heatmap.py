@@ -227,9 +227,14 @@ def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(capsys, tmp_p
     f1 = write_nifti(tmp_path / "a.nii.gz", phantom((24, 24)))
     f2 = write_nifti(tmp_path / "x" / "a.nii", phantom((24, 24), seed=5))
     out = tmp_path / "o"
-    code, _, err = run_cli(capsys, f1, f2, "--bundle", bundle_dir, "--out", out, "--quiet")
+    code, _, err = run_cli(capsys, f1, f2, "--bundle", bundle_dir, "--out", out, "--quiet", "--out-layout", "flat")
     assert_clean_failure(code, err, EX_CANTCREAT, str(f2))
     assert json.loads((out / "a_summary.json").read_text())["input"] == str(f1)
+    # the default layout (auto) mirrors the inputs' folders when two share a name: both made, apart
+    code, _, err = run_cli(capsys, f1, f2, "--bundle", bundle_dir, "--out", tmp_path / "m", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m" / "a_summary.json").read_text())["input"] == str(f1)
+    assert json.loads((tmp_path / "m" / "x" / "a_summary.json").read_text())["input"] == str(f2)
 
 
 def test_usage_errors_are_one_line(capsys, tmp_path, bundle_dir, monkeypatch):

@@ -13,7 +13,6 @@ complete, fsynced and moved into place; readers refuse files without the mark.
 from __future__ import annotations
 
 import errno
-import glob
 import importlib.util
 import json
 import os
@@ -25,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import __version__
+from rlp.runtime.inputs import nifti_files
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
 from rlp.runtime.core.manifest import sha256_file
-from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_suffix
+from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem
 from rlp.runtime.core.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.core.progress import progress
 
@@ -70,13 +70,11 @@ def discover(source: str) -> tuple[str, list[Subject]]:
                 mask = img.with_name(img.name.replace("_T1w_brain.nii.gz", "_T1w_brainmask.nii.gz"))
                 subs.append(Subject(img.parent.name, img, mask if mask.is_file() else None))
             return "nfbs", subs
-        files = sorted(f for f in p.rglob("*") if f.is_file() and nifti_suffix(f))
-    elif any(ch in source for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if nifti_suffix(f))
-    elif p.is_file():
+    files = nifti_files(source)  # every NIfTI file below a folder, or matching a glob (rlp.runtime.inputs)
+    if files is None:
+        if not p.is_file():
+            raise InputMissing("no such file, folder or glob (or 'mni152')", source)
         files = [p]
-    else:
-        raise InputMissing("no such file, folder or glob (or 'mni152')", source)
     images = [f for f in files if not _is_mask(f.name)]
     masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
     subs = []
