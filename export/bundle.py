@@ -5,9 +5,9 @@ The bundle is built in a temporary folder beside the target
 file is written and the gate passed; a failure or Ctrl-C leaves no bundle and
 an existing one untouched.
 
-Two small tables drive what is written: :data:`IO` (each role's graph
-inputs and outputs, the contract the runtime relies on) and :data:`VARIANTS`
-(each precision's model key and file name).
+A small table drives what is written: :data:`IO` (each role's graph
+inputs and outputs, the contract the runtime relies on); each precision's
+model key and file name are the manifest's (:func:`rlp.runtime.manifest.model_key`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
 from rlp.runtime.atomic import atomic_dir, write_json
+from rlp.runtime.backends import ort_session_options
 from rlp.runtime.geometry import SCORES
 from rlp.runtime.errors import EX_SOFTWARE, CannotCreate, RlpError
 from rlp.runtime.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
-                                  model_path, sha256_file)
+                                  model_key, model_path, sha256_file)
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
@@ -36,8 +37,6 @@ from .run import Run, RunModel, input_kind, input_side, load_run
 
 #: role -> (input name, output name, output shape after the batch axis)
 IO = {"g": ("image", "recon", None), "r": ("image", "loss", [1])}
-#: precision -> (model key suffix, file suffix)
-VARIANTS = {"fp32": ("", ".onnx"), "fp16": ("_fp16", "_fp16.onnx")}
 
 
 class ParityFailure(RlpError):
@@ -69,9 +68,7 @@ class ExportOptions:
 
 
 def _ort_runner(path: Path, output: str):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run([output], {name: x})[0]
 
@@ -124,9 +121,8 @@ def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, 
         proto = onnx_export.export_onnx(prepared, example, in_name, out_name, opts.opset)
     entries, graphs = {}, {}
     for precision in opts.precisions:
-        suffix, file_suffix = VARIANTS[precision]
-        key = model.key + suffix
-        path = folder / f"{model.key}{file_suffix}"
+        key = model_key(model.key, precision)
+        path = folder / f"{key}.onnx"
         with reporter.step(f"check and write {path.name}"):
             variant = onnx_export.to_fp16(proto) if precision == "fp16" else proto
             onnx_export.set_metadata(variant, _metadata(run, model, key, precision, kind, info))
@@ -254,7 +250,7 @@ def _build_engines(trt_env, models: dict, folder: Path, out: Path, reporter: Rep
     engines = []
     for key, entry in models.items():
         # one engine per model: from the fp16 ONNX when there is one, else from the fp32 ONNX
-        if entry.precision == "fp32" and f"{key}_fp16" in models:
+        if entry.precision == "fp32" and model_key(key, "fp16") in models:
             continue
         with reporter.step(f"TensorRT {trt_env.version}: {key} engine for sm{trt_env.compute_capability}"):
             engines.append(builder.build(folder / entry.file, folder / engine_file(key, trt_env), model_key=key,

@@ -41,7 +41,7 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.errors import BadInput
 from rlp.runtime.geometry import WindowGeometry
-from rlp.runtime.heatmap import score_windows
+from rlp.runtime.scorers import score_windows
 
 from .progress import Reporter
 
