@@ -70,6 +70,11 @@ APPROXIMATE_METHODS = (COARSE,)
 WARMUP_BATCHES = 2
 
 
+def backend_facts(name: str) -> BackendInfo:
+    """A row's backend in the runtime's table (the torch rows are registered only in their own process)."""
+    return TORCH_BACKENDS.get(name) or backend_info(name)
+
+
 @dataclass
 class Row:
     path: str  # "g", "r" or a predictor variant "r-NAME"
@@ -93,7 +98,7 @@ class Row:
 
     @property
     def gpu(self) -> bool:
-        return (TORCH_BACKENDS.get(self.backend) or backend_info(self.backend)).gpu
+        return backend_facts(self.backend).gpu
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "method": self.method, "backend": self.backend,
