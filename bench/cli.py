@@ -40,7 +40,8 @@ from rlp.runtime.core.progress import progress
 from . import plots, report as rep
 from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases
 from .suite import SUITE_HEALTHY, SUITE_LESIONS, suite_cases
-from .rows import ALL_BACKENDS, TORCH_BACKENDS, WARMUP_BATCHES, Row, check_run_matches, load_maps, map_record, run_row
+from .rows import (ALL_BACKENDS, TORCH_BACKENDS, WARMUP_BATCHES, Row, backend_facts, check_run_matches, load_maps,
+                   map_record, run_row)
 
 PROG = "rlp-bench"
 #: mode defaults: timed runs, lesion slices (None: all), held-out slices, G windows timed (None: all)
@@ -239,7 +240,8 @@ class Bench:
                     raise Unavailable(f"backend {b} needs PyTorch (pip install 'rlp[train]')")
             backends, requested = list(args.backends), True
         else:
-            backends = [b for b in available_backends(manifest.engines) if b != "ort-trt"]
+            # what auto may pick (ort-trt builds engines for minutes: asked for by name only)
+            backends = [b for b in available_backends(manifest.engines) if backend_facts(b).auto is not None]
             if run is not None and torch_ok:
                 backends += ["torch-cpu"] + (["torch-cuda"] if _gpus() else [])
             elif run is None:
@@ -259,7 +261,7 @@ class Bench:
                     skipped.append({**_ident(row), "reason": "the bundle has no TensorRT engine for it"})
                 else:
                     rows.append(row)
-                    if b in ("ort-cpu", "ort-cuda") and path[0] == "r" and manifest.models[path].input_kind == "image":
+                    if backend_facts(b).incremental and path[0] == "r" and manifest.models[path].input_kind == "image":
                         rows.append(Row(path, b, "incremental", requested))  # exact: checked against the row above
                     if b in ("ort-cpu", "ort-cuda") and path == "g":
                         rows.append(Row(path, b, COARSE, requested))  # approximate: measured against the row above

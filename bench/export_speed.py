@@ -29,6 +29,7 @@ from rich.table import Table
 
 from rlp.export.onnx_export import DEFAULT_OPSET, export_onnx, fold_conv_bn, prepare_for_export
 from rlp.export.run import load_run
+from rlp.runtime.backends import ort_session_options
 from rlp.train.models import UNetG
 
 
@@ -86,11 +87,8 @@ def main(argv=None) -> int:
         fold_conv_bn(baseline)  # the same BatchNorm folding; bicubic stays F.interpolate -> cubic Resize
         graphs["onnxruntime, cubic Resize"] = export_onnx(baseline, example, "image", "recon", DEFAULT_OPSET)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # onnxruntime's idle threads spin after a run; with interleaved timing that would slow the next torch call
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = ort_session_options(args.threads, spinning=False)
     gcl = copy.deepcopy(g).to(memory_format=torch.channels_last)
     xcl = xt.contiguous(memory_format=torch.channels_last)
 

@@ -31,7 +31,9 @@ import numpy as np
 
 from rlp.runtime import Bundle
 from rlp.runtime.core.geometry import WindowGeometry, iter_batches
-from rlp.runtime.heatmap import METHODS, model_geometry
+from rlp.runtime.backends import ort_session_options
+from rlp.runtime.heatmap import METHODS
+from rlp.runtime.scorers import model_geometry
 from rlp.runtime.core.preprocess import preprocess_slice
 
 
@@ -103,10 +105,7 @@ def plain_ort(model_file: Path, image: np.ndarray, geom: WindowGeometry, batch: 
     """Seconds for every window of ``image`` (model grid) through a bare onnxruntime session, and the scores."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or 0
-    sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_file), ort_session_options(threads), providers=["CPUExecutionProvider"])
     boxes = geom.window_boxes()
     padded = geom.pad(image)
     out = np.empty(len(boxes))
@@ -154,8 +153,7 @@ def main(argv=None) -> int:
         what = "rlp heatmap_slice" + ("" if method == "plain" else f" {method}")
         with Bundle.load(args.bundle, backend="ort-cpu", threads=args.threads, batch=b) as bundle:
             bundle.backend("r")  # sessions are built before the clock starts
-            if method != "plain":
-                bundle.incremental("r")
+            bundle.scorer("r", method)
             runs = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()

@@ -11,7 +11,8 @@ A row is ``{name, path, method, backend, source, approx}``:
   path and backend; the report's schema does not change;
 - ``backend``: an onnxruntime/TensorRT backend of :mod:`rlp.runtime.backends`
   on the bundle's ONNX models, or ``torch-cpu``/``torch-cuda``: PyTorch eager
-  (NCHW, ``inference_mode``) on the checkpoints of ``--run``;
+  (NCHW, ``inference_mode``) on the checkpoints of ``--run``, added to the
+  runtime's backend registry in the row's process (:data:`TORCH_BACKENDS`);
 - ``approx``: whether the row approximates G's window map (a predictor, or an
   approximate method: then its fidelity to the exact G map is the point); exact
   rows get the same fidelity numbers, which must be perfect.
@@ -24,7 +25,7 @@ full maps of the quality slices and saves them (``.npz``) for the parent's
 fidelity and localisation metrics. Peak memory is the child's own RSS high-water
 mark (``VmHWM``: since its exec, so only this row's work, interpreter included).
 
-A G row with ``g_windows`` set (``--quick``) times ``score_windows`` on that
+A G row with ``g_windows`` set (``--quick``) times the path's plain scorer on that
 many evenly spread evaluated windows and scales to the slice's window count
 (plus the measured pre- and post-processing): the latency is *extrapolated
 from N windows*, and says so. Its one full pass over the timing slice (for the
@@ -47,22 +48,31 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime.core.atomic import write_json
-from rlp.runtime.backends import BACKENDS, GPU_BACKENDS, Backend, CheckedModel
+from rlp.runtime.backends import BACKENDS, Backend, BackendInfo, CheckedModel, backend_info, register_backend
 from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
 from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.coarse import CoarseToFine
-from rlp.runtime.heatmap import Bundle, model_geometry, score_windows, top_windows
+from rlp.runtime.heatmap import Bundle, top_windows
 from rlp.runtime.core.manifest import Manifest, path_role, sha256_file
 from rlp.runtime.core.preprocess import preprocess_slice
 
 from .cases import load_case
 
-TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
-ALL_BACKENDS = BACKENDS + TORCH_BACKENDS
+#: PyTorch eager rows: rows of the runtime's backend table, registered in the row's process (:func:`measure`)
+TORCH_BACKENDS = {f"torch-{d}": BackendInfo(f"torch-{d}", f"PyTorch eager, the run's checkpoint ({d.upper()})",
+                                            gpu=d == "cuda", auto=None, incremental=False, fp16_models=False,
+                                            ci=d == "cpu", install="pip install 'rlp[train]'")
+                  for d in ("cpu", "cuda")}
+ALL_BACKENDS = BACKENDS + tuple(TORCH_BACKENDS)
 #: incremental: exact, R models that read the whole slice; coarse-to-fine: approximate, paths scored window by window
 METHODS = ("plain", "incremental", COARSE)
 APPROXIMATE_METHODS = (COARSE,)
 WARMUP_BATCHES = 2
+
+
+def backend_facts(name: str) -> BackendInfo:
+    """A row's backend in the runtime's table (the torch rows are registered only in their own process)."""
+    return TORCH_BACKENDS.get(name) or backend_info(name)
 
 
 @dataclass
@@ -88,7 +98,7 @@ class Row:
 
     @property
     def gpu(self) -> bool:
-        return self.backend in GPU_BACKENDS or self.backend == "torch-cuda"
+        return backend_facts(self.backend).gpu
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "method": self.method, "backend": self.backend,
@@ -185,18 +195,16 @@ class TorchBackend(Backend):
             return self.module(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
-class _EagerBundle(Bundle):
-    """A bundle whose models may run in PyTorch eager instead: same manifest, checks and heatmap code."""
+def register_torch(manifest: Manifest, run: str, backend: str, threads: int) -> None:
+    """Add the PyTorch eager backend ``backend`` (a :data:`TORCH_BACKENDS` name) on ``run``'s checkpoints to the
+    runtime's registry: a Bundle loaded with ``backend=backend`` then runs its models in PyTorch."""
+    def factory(model: CheckedModel, **_) -> Backend:
+        return _torch_backend(manifest, model, run, backend, threads)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eager: dict[str, TorchBackend] = {}
-
-    def backend(self, path: str = "r") -> Backend:
-        return self.eager.get(path) or super().backend(path)
+    register_backend(TORCH_BACKENDS[backend], factory)
 
 
-def _torch_backend(bundle: Bundle, path: str, run: str, backend: str, threads: int) -> TorchBackend:
+def _torch_backend(manifest: Manifest, model: CheckedModel, run: str, backend: str, threads: int) -> TorchBackend:
     try:
         import torch
     except ImportError:
@@ -207,13 +215,14 @@ def _torch_backend(bundle: Bundle, path: str, run: str, backend: str, threads: i
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unavailable("torch-cuda: this PyTorch has no CUDA device")
     torch.set_num_threads(threads)
+    path = model.key
     loaded = load_run(run, (path,))
-    if loaded.geometry != bundle.manifest.geometry or loaded.preprocessing != bundle.manifest.preprocessing:
+    if loaded.geometry != manifest.geometry or loaded.preprocessing != manifest.preprocessing:
         raise BadInput("the run's geometry or preprocessing differs from the bundle's", run)
-    arch = bundle.checked_model(path).entry.architecture
+    arch = model.entry.architecture
     if arch and arch != loaded.models[path].arch:
         raise BadInput(f"the run's {path} architecture {loaded.models[path].arch} is not the bundle's {arch}", run)
-    return TorchBackend(bundle.checked_model(path), loaded.models[path].module, device)
+    return TorchBackend(model, loaded.models[path].module, device)
 
 
 def _model_facts(backend: Backend) -> dict:
@@ -267,18 +276,11 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
     ev = geom.evaluated(prep.brain)
     boxes = geom.window_boxes()[ev.ravel()]
     n = len(boxes)
-    mgeom = model_geometry(geom, backend.model.entry)
     batch = min(bundle.batch, backend.max_batch or bundle.batch)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return backend.run(x.astype(backend.input_dtype, copy=False)).astype(np.float32, copy=False)
-
+    plain = bundle.scorer(path)
+    warm = bundle.scorer(path, "incremental") if method == "incremental" else plain
     dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
-    warm = bundle.incremental(path).score_windows if method == "incremental" else score_windows
-    if dense:
-        score_windows(prep.image, mgeom, boxes, predict, path=path, dense=True)
-    else:
-        warm(prep.image, mgeom, boxes[: WARMUP_BATCHES * batch], predict, path=path, batch=batch)
+    warm.score(prep.image, boxes if dense else boxes[: WARMUP_BATCHES * batch])
     samples, model_s, last, used = [], [], None, None
     if windows and n > windows:
         pick = boxes[np.unique(np.linspace(0, n - 1, windows).round().astype(int))]
@@ -289,11 +291,11 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
         top_windows(wm, ev, geom, prep.resampler, 5)
         post_s = time.perf_counter() - t0
         for _ in range(runs):
-            k = len(backend.latencies)
+            k = len(plain.latencies)
             t0 = time.perf_counter()
-            score_windows(prep.image, mgeom, pick, predict, path=path, batch=batch, dense=dense)
+            plain.score(prep.image, pick)
             samples.append(pre_s + post_s + (time.perf_counter() - t0) * n / used)
-            model_s.append(sum(backend.latencies[k:]) * n / used)
+            model_s.append(sum(plain.latencies[k:]) * n / used)
     else:
         for _ in range(runs):
             last = bundle.heatmap_slice(image, spacing, path=path, method=method)
@@ -329,12 +331,11 @@ def measure(spec: dict) -> dict:
         raise BadInput(f"unknown method {row['method']!r} (this rlp knows {', '.join(METHODS)})")
     rss = {"baseline_bytes": _proc_status("VmRSS")}
     torch_row = kind in TORCH_BACKENDS
-    bundle = _EagerBundle.load(spec["bundle"], backend="ort-cpu" if torch_row else kind, threads=spec["threads"],
-                               batch=spec["batch"])
+    bundle = Bundle.load(spec["bundle"], backend=kind, threads=spec["threads"], batch=spec["batch"])
+    if torch_row:
+        register_torch(bundle.manifest, spec["run"], kind, spec["threads"])
     gpu = GpuMemoryPeak() if row.get("gpu") else None
     with bundle, (gpu or contextlib.nullcontext()):
-        if torch_row:
-            bundle.eager[path] = _torch_backend(bundle, path, spec["run"], kind, spec["threads"])
         backend = bundle.backend(path)
         rss["after_load_bytes"] = _proc_status("VmRSS")
         timing_id = spec["timing_case"]["id"]
@@ -360,7 +361,7 @@ def measure(spec: dict) -> dict:
                "latency": latency, "windows": n, "windows_total": bundle.manifest.geometry.n_windows,
                "quality": quality, "volume": volume, "rss": rss}
         if row["method"] == "incremental":
-            out["incremental"] = bundle.incremental(path).describe()
+            out["incremental"] = bundle.scorer(path, "incremental").describe()
         if row["method"] == COARSE:
             out["approximate"] = {**CoarseToFine().describe(), "scored": sum(q["scored"] for q in quality),
                                   "windows": sum(q["windows"] for q in quality)}

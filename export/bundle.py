@@ -25,6 +25,7 @@ import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
 from rlp.runtime.core.atomic import atomic_dir, write_json
+from rlp.runtime.backends import ort_session_options
 from rlp.runtime.core.geometry import SCORES
 from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
 from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
@@ -68,9 +69,7 @@ class ExportOptions:
 
 
 def _ort_runner(path: Path, output: str):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run([output], {name: x})[0]
 

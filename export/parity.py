@@ -41,7 +41,7 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.heatmap import score_windows
+from rlp.runtime.scorers import score_windows
 
 from rlp.runtime.core.progress import Reporter
 

@@ -12,19 +12,20 @@ Heatmaps from Python::
         vol = bundle.heatmap_array(data3d, affine)                # any array with its affine
 """
 
-from .backends import BACKENDS, Backend, available_backends, create_backend
+from .backends import BACKENDS, Backend, available_backends, create_backend, register_backend
 from .core.errors import RlpError
 from .core.geometry import WindowGeometry, window_positions
-from .heatmap import (DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, score_windows,
-                      top_windows)
+from .heatmap import DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, top_windows
 from .core.manifest import Manifest, load_bundle_manifest
 from .core.nifti import Volume, load_nifti, save_like, volume_from_array
 from .core.preprocess import Preprocessing, Resampler, preprocess_slice
+from .scorers import WindowScorer, score_windows
 
 __all__ = [
     "RlpError", "WindowGeometry", "window_positions", "Preprocessing", "Resampler", "preprocess_slice",
     "Bundle", "SliceHeatmap", "VolumeHeatmap", "Window", "score_windows", "top_windows", "DEFAULT_BUNDLE",
-    "default_bundle", "Backend", "BACKENDS", "available_backends", "create_backend", "Manifest",
+    "default_bundle", "Backend", "BACKENDS", "available_backends", "create_backend", "register_backend", "WindowScorer",
+    "Manifest",
     "load_bundle_manifest", "Volume", "load_nifti", "save_like", "volume_from_array",
 ]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .core.atomic import NAME_MAX, write_set
-from .backends import BACKENDS, Backend
+from .backends import AUTO_ORDER, BACKENDS, TABLE, Backend, available_backends
 from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
 from .core.cliutil import OneLineParser, UsageError, int_at_least, report_internal_error, run_main
@@ -25,7 +25,7 @@ from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
 from .core.geometry import SCORES
 from .inputs import LAYOUTS, list_inputs, output_folders
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
-                      VolumeHeatmap, default_bundle, demo_slices)
+                      VolumeHeatmap, box_hits, default_bundle, demo_slices)
 from .core.manifest import path_role
 from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
 from .overlay import MAX_PANELS, Panel, heat_label, panel_title, pick_slices, render
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"coarse-to-fine: then score exactly the fraction F of the other windows with the highest "
                         f"estimates (default {CoarseToFine.refine})")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                   help="inference backend (default auto: trt, then ort-cuda, then ort-cpu)")
+                   help=f"inference backend (default auto: {', then '.join(AUTO_ORDER)}; --list-backends)")
+    p.add_argument("--list-backends", action="store_true",
+                   help="print the backends (GPU, auto order, incremental, install) and which are available here")
     p.add_argument("--score", choices=tuple(SCORES), default=None,
                    help="the G path's window score (default: the bundle's, normally z: |x - mu| / b, G's error in "
                         "units of the error it expects on healthy tissue there); l1: the paper's raw L1 (--path g only)")
@@ -325,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_backends:
+        print(backend_table())
+        return EX_OK
     if args.bundle is None and default_bundle() is None:
         raise UsageError(NO_BUNDLE)
     demo = not args.inputs
@@ -430,7 +435,7 @@ def _demo_table(args) -> None:
             continue
         rep = json.loads(summary.read_text(encoding="utf-8"))
         top = rep["top_windows"][0] if rep["top_windows"] else None
-        hit = top is not None and window_hits(load_nifti(mask_file), top)
+        hit = top is not None and box_hits(top["box_slice"], _lesion_slice(load_nifti(mask_file), top["slice"]))
         hits += hit
         n += 1
         t.add_row(Path(inp).name, nifti_stem(inp).rsplit("_", 1)[-1],  # the demo names end in the lesion's kind
@@ -446,14 +451,22 @@ def _demo_table(args) -> None:
             console.print(DEMO_WEAKNESS, soft_wrap=True, markup=False, highlight=False)
 
 
-def window_hits(mask, top: dict) -> bool:
-    """Does a summary's top window (its box on the input slice) hold a lesion voxel?"""
-    a0, b0, a1, b1 = top["box_slice"]
+def backend_table() -> str:
+    """The backend table (:data:`rlp.runtime.backends.TABLE`) as text, with whether each is installed here."""
+    here = set(available_backends())
+    head = ("name", "GPU", "auto", "incremental", "installed here", "runs the model; install")
+    rows = [(b.name, "yes" if b.gpu else "no", "-" if b.auto is None else str(b.auto), "yes" if b.incremental else "no",
+             "yes" if b.name in here else "no", f"{b.runs}; {b.install}") for b in TABLE]
+    width = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) + "  " + r[-1] for r in (head, *rows)]
+    return "\n".join(lines + ["auto tries the backends in the auto column's order, on the first that starts "
+                              "(installed here: its library imports; a GPU is checked when it starts)"])
+
+
+def _lesion_slice(mask, index: int) -> np.ndarray:
+    """The lesion mask's slice with file index ``index`` (along its slice axis), as booleans."""
     k = mask.slice_axis()
-    sl = np.take(mask.data, mask.file_to_canonical_index(k, top["slice"]), axis=k) > 0
-    r0, r1 = max(0, int(np.ceil(a0))), min(sl.shape[0] - 1, int(np.floor(a1)))
-    c0, c1 = max(0, int(np.ceil(b0))), min(sl.shape[1] - 1, int(np.floor(b1)))
-    return bool(r1 >= r0 and c1 >= c0 and sl[r0 : r1 + 1, c0 : c1 + 1].any())
+    return np.take(mask.data, mask.file_to_canonical_index(k, index), axis=k) > 0
 
 
 def _attempt(inp: str, *context) -> tuple[dict, int]:

@@ -16,7 +16,8 @@ The map holds exact scores where a window was scored and estimates elsewhere;
 the top windows are chosen among scored windows only, so a reported window's
 score is never an estimate. The work is about ``1 / factor**2 + refine`` of
 the plain method's. The bench measures its speed and its fidelity to the
-exact map of the same path.
+exact map of the same path. :class:`CoarseScorer` is the method as a
+:class:`~rlp.runtime.scorers.WindowScorer` over an exact one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .core.errors import EX_USAGE, RlpError
+from .scorers import WindowScorer
 
 NAME = "coarse-to-fine"
 
@@ -115,3 +117,34 @@ def coarse_to_fine(evaluated: np.ndarray, positions: np.ndarray,
     if fine.any():
         wm[fine] = score(fine)
     return wm, coarse | fine
+
+
+class CoarseScorer(WindowScorer):
+    """Coarse to fine over ``exact`` (a scorer of every window it is asked for): approximate, and says so."""
+
+    approximate = True
+
+    def __init__(self, exact: WindowScorer, settings: CoarseToFine = CoarseToFine()):
+        self.exact, self.settings = exact, settings
+        self.geometry, self.latencies = exact.geometry, exact.latencies
+
+    def score_grid(self, image: np.ndarray, evaluated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes = self.geometry.window_boxes()
+        return coarse_to_fine(evaluated, self.geometry.positions,
+                              lambda m: self.exact.score(image, boxes[m.ravel()]), self.settings)
+
+    def score(self, image, boxes, *, on_batch=None) -> np.ndarray:
+        """The map's values at ``boxes``: exact scores and estimates (:meth:`score_grid` says which are which)."""
+        boxes, pos = np.asarray(boxes, np.int64).reshape(-1, 2), self.geometry.positions
+        at = tuple(np.minimum(np.searchsorted(pos, boxes[:, k]), len(pos) - 1) for k in range(2))
+        if not (np.array_equal(pos[at[0]], boxes[:, 0]) and np.array_equal(pos[at[1]], boxes[:, 1])):
+            raise ValueError("coarse to fine scores the geometry's window positions only")
+        evaluated = np.zeros(self.geometry.grid_shape, bool)
+        evaluated[at] = True
+        values = self.score_grid(image, evaluated)[0][at]
+        if on_batch is not None:
+            on_batch(len(values))
+        return values
+
+    def describe(self) -> dict:
+        return self.settings.describe()

@@ -28,13 +28,16 @@ One slice (the contracts live in :mod:`.preprocess` and :mod:`.geometry`):
    windows covering it) and goes back on the input grid with the exact inverse
    of the resampling.
 
-:func:`score_windows` is step 3 as a pure function of a predictor callable (in
-the style of MONAI's ``sliding_window_inference``), for use without a bundle.
+Step 3 is a window scorer (:mod:`.scorers`: plain, incremental or coarse to
+fine), which the Bundle builds from its models and backends;
+:func:`~rlp.runtime.scorers.score_windows` is step 3 as a pure function of a
+predictor callable, for use without a bundle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -43,20 +46,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends import GPU_BACKENDS, Backend, CheckedModel, check_model, create_backend
+from .backends import TABLE, Backend, CheckedModel, backend_info, check_model, create_backend, ort_sessions
 from .coarse import NAME as COARSE
-from .coarse import CoarseToFine, coarse_to_fine
+from .coarse import CoarseScorer, CoarseToFine
 from .core.errors import EX_USAGE, BadInput, InputMissing, RlpError
-from .core.geometry import SCORES, WindowGeometry, iter_batches
-from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, ModelEntry, load_bundle_manifest, model_key,
-                       model_path, model_shapes, path_role, sha256_file)
+from .core.geometry import SCORES, WindowGeometry
+from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, load_bundle_manifest, model_key,
+                            model_path, model_shapes, path_role, sha256_file)
 from .core.nifti import AXES, LESION_SUFFIX, Volume, load_nifti, nifti_stem, volume_from_array
 from .core.preprocess import Prepared, Resampler, preprocess_slice
+from .scorers import DEFAULT_BATCH, TARGET_TRANSFORMS, WindowScorer, model_geometry, plain_scorer, score_windows
 
 DEFAULT_BUNDLE = files("rlp.runtime") / "demo"
 NO_BUNDLE = ("no bundle given: pass --bundle DIR (a folder written by rlp-export); "
              "this install has no embedded demo bundle yet")
-DEFAULT_BATCH = 64
 DEFAULT_TOP_K = 5
 PATHS = ("r", "g")
 PRECISIONS = ("auto", "fp32", "fp16")
@@ -65,8 +68,8 @@ PRECISIONS = ("auto", "fp32", "fp16")
 METHODS = ("plain", "incremental", COARSE)
 NONFINITE = ("error", "zero")
 AXIS_NAMES = {v: k for k, v in AXES.items()}
-# How R's output maps to a window L1 loss (ModelEntry.target_transform).
-TARGET_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda y: y}
+__all__ = ["Bundle", "SliceHeatmap", "VolumeHeatmap", "Window", "score_windows", "top_windows", "box_hits",
+           "model_geometry", "TARGET_TRANSFORMS", "DEFAULT_BATCH", "demo_slices", "default_bundle"]
 
 
 def demo_slices() -> list[Path]:
@@ -81,55 +84,6 @@ def default_bundle() -> Path | None:
     """The embedded demo bundle, when this install ships one."""
     p = Path(str(DEFAULT_BUNDLE))
     return p if (p / MANIFEST).is_file() else None
-
-
-def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> WindowGeometry:
-    """The geometry of what a model reads: context crops (``"crop"``) or whole slices (``"image"``)."""
-    try:
-        return geometry.for_input(entry.input_kind)
-    except ValueError:
-        raise BadInput(f"model {entry.file} has unknown input_kind {entry.input_kind!r}; {REBUILD}", where) from None
-
-
-def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
-                  predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
-                  on_batch: Callable[[int], None] | None = None, dense: bool = False, score: str = "l1") -> np.ndarray:
-    """Scores of the windows at ``boxes`` (top-left rows, cols) of one model-grid slice.
-
-    ``predict`` maps a float32 batch (B, 1, S, S) of inpainted model inputs to
-    R's predicted scores (B, 1) (a predictor path, ``"r"`` or ``"r-NAME"``) or
-    to G's output (B, 1 or 2, S, S) (path ``"g"``, scored by
-    ``geometry.box_score(..., score)`` against the original pixels). With ``dense`` (a dense
-    predictor) ``predict`` gets the slice itself once, (1, 1, S, S), and
-    returns the window map (1, 1, rows, cols) that the scores are read from.
-    """
-    try:
-        role = path_role(path)
-    except ValueError as exc:
-        raise ValueError(f"path must be g, r or r-NAME: {exc}") from None
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
-    image = np.asarray(image, dtype=np.float32)
-    if dense:
-        if role != "r":
-            raise ValueError("only a predictor can be dense")
-        wmap = np.asarray(predict(image[None, None]), dtype=np.float64)
-        if wmap.shape != (1, 1) + geometry.grid_shape:
-            raise ValueError(f"dense predictor returned shape {wmap.shape}, expected {(1, 1) + geometry.grid_shape}")
-        if on_batch is not None:
-            on_batch(len(boxes))
-        return wmap[0, 0][geometry.dense_index(boxes)]
-    padded = geometry.pad(image)
-    out = np.empty(len(boxes), dtype=np.float64)
-    for sl in iter_batches(len(boxes), max(1, int(batch))):
-        b = boxes[sl]
-        y = predict(geometry.crops(padded, b, inpaint=True))
-        if role == "r":
-            out[sl] = np.asarray(y, dtype=np.float64).reshape(len(b), -1)[:, 0]
-        else:
-            out[sl] = geometry.box_score(np.asarray(y), geometry.crops(padded, b, inpaint=False), b, score)
-        if on_batch is not None:
-            on_batch(len(b))
-    return out
 
 
 # --------------------------------------------------------------------------- results
@@ -265,7 +219,7 @@ class Bundle:
         self.score = score or self.bundle_score
         self._checked: dict[str, CheckedModel] = {}
         self._backends: dict[str, Backend] = {}
-        self._incremental: dict = {}  # path -> .incremental.IncrementalScorer
+        self._scorers: dict[tuple[str, str], WindowScorer] = {}  # (path, method) -> its scorer, built once
         if manifest.preprocessing.size != manifest.geometry.size:
             raise BadInput(f"preprocessing size {manifest.preprocessing.size} != geometry size "
                            f"{manifest.geometry.size}; {REBUILD}", self.root / MANIFEST)
@@ -293,7 +247,8 @@ class Bundle:
             raise RlpError(f"path must be g, r or r-NAME (this bundle: {', '.join(self.manifest.paths())}), got {path!r}",
                            code=EX_USAGE)
         fp16 = model_key(path, "fp16")
-        if self.precision == "fp16" or (self.precision == "auto" and kind in GPU_BACKENDS and fp16 in models):
+        auto = self.precision == "auto" and backend_info(kind).fp16_models  # a GPU backend: fp16 when there is one
+        if self.precision == "fp16" or (auto and fp16 in models):
             if fp16 not in models:
                 raise BadInput(f"the bundle has no fp16 model for path {path} (models: {', '.join(models)})", self.root)
             return fp16
@@ -341,16 +296,44 @@ class Bundle:
                 threads=self.threads, engines=self.manifest.engines, max_batch=self.batch)
         return self._backends[path]
 
-    def incremental(self, path: str = "r"):
-        """The exact incremental scorer of an image-kind predictor (:mod:`.incremental`), built once per path."""
-        if path not in self._incremental:
-            from .incremental import IncrementalScorer  # onnx is needed only here
+    def scorer(self, path: str = "r", method: str = "plain", coarse: CoarseToFine | None = None) -> WindowScorer:
+        """The window scorer of ``path`` by ``method`` (:mod:`.scorers`), built once per path and method;
+        coarse to fine (settings ``coarse``) wraps the path's plain scorer."""
+        if method not in METHODS:
+            raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
+        if method == COARSE:
+            return CoarseScorer(self.scorer(path), coarse or CoarseToFine())
+        if (path, method) not in self._scorers:
+            backend = self.backend(path)
+            self._scorers[path, method] = (plain_scorer(backend, self.manifest.geometry, path, batch=self.batch,
+                                                        score=self.score)
+                                           if method == "plain" else self._incremental(path, backend))
+        return self._scorers[path, method]
 
-            self._incremental[path] = IncrementalScorer.for_bundle(self, path)
-        return self._incremental[path]
+    def _incremental(self, path: str, backend: Backend) -> WindowScorer:
+        """The exact incremental scorer of an image-kind predictor (:mod:`.incremental`) on its backend."""
+        entry = backend.model.entry
+        if path_role(path) != "r" or entry.input_kind != "image":
+            what = "G" if path_role(path) == "g" else f"a predictor that reads {entry.input_kind!r} input"
+            raise RlpError(f"method incremental needs a predictor that reads the whole slice (input_kind image); "
+                           f"path {path} is {what}", code=EX_USAGE)
+        if not backend_info(backend.name).incremental:
+            ok = " or ".join(b.name for b in TABLE if b.incremental)
+            raise RlpError(f"method incremental runs on onnxruntime, not on {backend.name}: pass --backend {ok} "
+                           "(Bundle.load(..., backend=...))", code=EX_USAGE)
+        from .incremental import IncrementalScorer, read_model  # onnx is needed only here
+
+        scorer = IncrementalScorer.from_model(
+            read_model(backend.model), model_geometry(self.manifest.geometry, entry, self.root),
+            sessions=ort_sessions(backend.name, entry.precision, self.threads, spinning=False, arenas=False),
+            transform=TARGET_TRANSFORMS[entry.target_transform], latencies=backend.latencies,
+            fallback=self.scorer(path))
+        if scorer.note and scorer.note not in backend.notes:
+            backend.notes.append(scorer.note)
+        return scorer
 
     def close(self) -> None:
-        self._incremental.clear()
+        self._scorers.clear()
         for b in self._backends.values():
             b.close()
         self._backends.clear()
@@ -398,7 +381,7 @@ class Bundle:
         if method not in METHODS:
             raise RlpError(f"method must be one of {', '.join(METHODS)}, got {method!r}", code=EX_USAGE)
         if method == "incremental":
-            self.incremental(path)
+            self.scorer(path, method)
         elif method == COARSE and self.backend(path).model.entry.input_kind == "dense":
             raise RlpError(f"method {COARSE} needs a path scored window by window; path {path} is a dense "
                            "predictor, which reads each slice once already", code=EX_USAGE)
@@ -406,7 +389,7 @@ class Bundle:
     def _heatmap_prepared(self, prep: Prepared, path: str, all_windows: bool, top_k: int,
                           t_pre: float, method: str = "plain", coarse: CoarseToFine | None = None) -> SliceHeatmap:
         geom = self.manifest.geometry
-        backend = self.backend(path)
+        scorer = self.scorer(path, method, coarse)
         warnings = []
         if prep.n_nonfinite:
             warnings.append(f"replaced {prep.n_nonfinite} non-finite voxel(s) with 0")
@@ -419,30 +402,12 @@ class Bundle:
             warnings.append("no brain tissue (or one value everywhere): heatmap is 0")
         else:
             ev = geom.evaluated(prep.brain, all_windows)
-            boxes = geom.window_boxes()[ev.ravel()]
-            entry = backend.model.entry
-            transform = TARGET_TRANSFORMS[entry.target_transform] if path_role(path) == "r" else None
-            dtype = backend.input_dtype
-            n0 = len(backend.latencies)
-
-            def predict(x: np.ndarray) -> np.ndarray:
-                y = backend.run(x.astype(dtype, copy=False)).astype(np.float32, copy=False)
-                return transform(y) if transform is not None else y
-
-            bs = min(self.batch, backend.max_batch or self.batch)
-            run = self.incremental(path).score_windows if method == "incremental" else score_windows
-            mgeom, dense = model_geometry(geom, entry), entry.input_kind == "dense"
-            if method == COARSE:
-                settings = coarse or CoarseToFine()
-                full, scored = coarse_to_fine(ev, geom.positions, lambda m: run(
-                    prep.image, mgeom, geom.window_boxes()[m.ravel()], predict, path=path, batch=bs, score=self.score),
-                    settings)
-                wm[ev] = full[ev]
-                approximate = {**settings.describe(), "scored": int(scored.sum()), "evaluated": int(ev.sum())}
-            else:
-                wm[ev] = run(prep.image, mgeom, boxes, predict, path=path, batch=bs, dense=dense, score=self.score)
-                scored = ev
-            model_s = float(sum(backend.latencies[n0:]))
+            n0 = len(scorer.latencies)
+            full, scored = scorer.score_grid(prep.image, ev)
+            wm[ev] = full[ev]
+            if scorer.approximate:
+                approximate = {**scorer.describe(), "scored": int(scored.sum()), "evaluated": int(ev.sum())}
+            model_s = float(sum(scorer.latencies[n0:]))
         t1 = time.perf_counter()
         model_map = geom.pixel_map(wm, ev) if ev.any() else np.zeros((geom.size, geom.size), np.float32)
         pixel = prep.resampler.to_input(model_map).astype(np.float32)
@@ -565,6 +530,19 @@ def top_windows(window_map: np.ndarray, evaluated: np.ndarray, geometry: WindowG
                           (float(centre[0]), float(centre[1])),
                           (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), rank))
     return out
+
+
+def box_hits(box, lesion: np.ndarray) -> bool:
+    """Does a window box (continuous index edges a0, b0, a1, b1 on the slice: ``Window.box``, a summary's
+    ``box_slice``) hold a lesion pixel (a non-zero of the 2D ``lesion``)? The demo's table and the bench's
+    top-window hit rate both ask this."""
+    if box is None or not np.all(np.isfinite(box)):
+        return False
+    a0, b0, a1, b1 = box
+    h, w = lesion.shape
+    r0, r1 = max(0, math.ceil(a0)), min(h - 1, math.floor(a1))
+    c0, c1 = max(0, math.ceil(b0)), min(w - 1, math.floor(b1))
+    return r0 <= r1 and c0 <= c1 and bool(lesion[r0 : r1 + 1, c0 : c1 + 1].any())
 
 
 def _locate(w: Window, volume: Volume, k: int, c: int, f: int) -> None:

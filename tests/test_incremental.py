@@ -21,6 +21,7 @@ from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle, score_windows
 from rlp.runtime.incremental import HOWS, IncrementalScorer, read_chain
+from rlp.runtime.scorers import PlainScorer
 
 from runtime_helpers import make_bundle, run_cli, write_nifti
 
@@ -152,7 +153,7 @@ def test_tiny_graphs_equal_plain_scoring_at_every_split(kind):
                 convs = [p for p in scorer.plan if p.stage.op == "Conv"]
                 groups = [{a.name: a.i for a in p.stage.nodes[0].attribute}.get("group", 1) for p in convs]
                 assert [p.how for p in convs] == [conv if g == 1 else "crops" for g in groups]
-            got = scorer.score_windows(image, geom, boxes, None, batch=13)  # a batch that divides no window count
+            got = scorer.score(image, boxes, batch=13)  # a batch that divides no window count
             np.testing.assert_allclose(got, plain, rtol=0, atol=TOL, err_msg=f"{kind}, split {split}, conv {conv}")
     first = IncrementalScorer.from_model(model, geom, split=n_stages).plan
     conv = next(p for p in first if p.stage.op == "Conv")
@@ -173,7 +174,7 @@ def test_tissue_paint_equals_plain_scoring_at_every_split():
             scorer = IncrementalScorer.from_model(model, geom, split=split, threads=1, conv=conv)
             if split is None and not scorer.plan:
                 continue
-            got = scorer.score_windows(image, geom, boxes, None, batch=13)
+            got = scorer.score(image, boxes, batch=13)
             np.testing.assert_allclose(got, plain, rtol=0, atol=TOL, err_msg=f"split {split}, conv {conv}")
 
 
@@ -202,11 +203,14 @@ def test_unsupported_first_layer_is_scored_plainly_with_a_note():
     n.c = 2
     n.conv(3, 3, strides=[2, 2], pads=[1, 1, 1, 1])
     model = n.model()
-    scorer = IncrementalScorer.from_model(model, GEOM)
-    assert not scorer.plan and "ConvTranspose" in scorer.note and "plainly" in scorer.note
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     image, boxes = _image(GEOM.size, 1), GEOM.window_boxes()
-    got = scorer.score_windows(image, GEOM, boxes, lambda x: sess.run(None, {"image": x})[0], batch=16)
+    with pytest.raises(ValueError, match="no plain scorer to fall back on"):
+        IncrementalScorer.from_model(model, GEOM).score(image, boxes)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    plain = PlainScorer(lambda x: sess.run(None, {"image": x})[0], GEOM, "image", batch=16)
+    scorer = IncrementalScorer.from_model(model, GEOM, fallback=plain)
+    assert not scorer.plan and "ConvTranspose" in scorer.note and "plainly" in scorer.note
+    got = scorer.score(image, boxes)
     np.testing.assert_array_equal(got, _plain(model, image, GEOM, boxes))
     assert scorer.describe() == {"incremental": False, "note": scorer.note}
 
@@ -232,7 +236,7 @@ def _small_tissue_slice(size: int = 256) -> np.ndarray:
 
 def test_paper_r_equals_plain_scoring(paper_r):
     with Bundle.load(paper_r, backend="ort-cpu", threads=2) as bundle:
-        scorer = bundle.incremental("r")
+        scorer = bundle.scorer("r", "incremental")
         stages = scorer.describe()["stages"]
         regions = [(s["region"], s["of"]) for s in stages[:3]]
         assert regions == [([9, 9], [128, 128]), ([5, 5], [64, 64]), ([3, 3], [32, 32])]  # as in MEASURED.md

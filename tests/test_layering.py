@@ -33,9 +33,6 @@ FORBIDDEN = {
     "rlp.cohort": ("torch", "torchvision", "rlp.train", "rlp.export", "rlp.bench"),
 }
 
-#: import cycles known to exist, each to be removed by its own change (the incremental scorer's, issue 19's
-#: window-scorer interface). The test fails when a listed cycle is gone, so that the entry is deleted with it.
-KNOWN_CYCLES = [{"rlp.runtime.heatmap", "rlp.runtime.incremental"}]
 
 # Installed as sitecustomize: any attempt to import torch fails (and is recorded), like an install without it.
 BLOCKER = '''
@@ -169,10 +166,8 @@ def test_the_layer_rules_catch_an_upward_import():
     assert _forbidden("rlp.train.loop", "rlp.export.run") and not _forbidden("rlp.bench.rows", "rlp.export.run")
 
 
-def test_nothing_imports_in_a_cycle_but_the_known_ones():
-    found = cycles(edges(modules()))
-    assert [c for c in found if c not in KNOWN_CYCLES] == []
-    assert [c for c in KNOWN_CYCLES if c not in found] == [], "a known cycle is gone: delete it from KNOWN_CYCLES"
+def test_nothing_imports_in_a_cycle():
+    assert cycles(edges(modules())) == []
 
 
 def test_the_cycle_check_finds_a_constructed_cycle(tmp_path):

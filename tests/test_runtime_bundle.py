@@ -259,7 +259,7 @@ def test_non_finite_model_output_is_an_error(capsys, slice_file, bundle):
 
 
 def test_without_onnx_the_hashes_are_still_checked(monkeypatch, bundle):
-    monkeypatch.setattr(backends, "_import_onnx", lambda: None)
+    monkeypatch.setattr(backends.checks, "_import_onnx", lambda: None)
     with Bundle.load(bundle, backend="ort-cpu") as b:
         be = b.backend("r")
         assert any("onnx package is not installed" in n for n in be.notes)
@@ -330,7 +330,7 @@ def _with_engine(bundle, **over):
 
 
 def test_trt_engine_that_does_not_deserialise_asks_for_a_rebuild(monkeypatch, bundle):
-    monkeypatch.setattr(backends, "_import_trt", lambda: _fake_trt(None))
+    monkeypatch.setattr(backends.trt, "_import_trt", lambda: _fake_trt(None))
     _with_engine(bundle)
     with pytest.raises(RlpError, match="rebuild with rlp-export --trt") as exc:
         Bundle.load(bundle, backend="trt").backend("r")
@@ -341,7 +341,7 @@ def test_trt_engine_that_does_not_deserialise_asks_for_a_rebuild(monkeypatch, bu
                                          ({"compute_capability": "8.0"}, "sm 8.0"),
                                          ({"model": "g"}, "no TensorRT engine for model 'r'")])
 def test_trt_engines_for_another_gpu_or_version_are_not_loaded(monkeypatch, bundle, over, words):
-    monkeypatch.setattr(backends, "_import_trt", lambda: _fake_trt(object()))
+    monkeypatch.setattr(backends.trt, "_import_trt", lambda: _fake_trt(object()))
     _with_engine(bundle, **over)
     with pytest.raises(Unavailable, match="rebuild with rlp-export --trt") as exc:
         Bundle.load(bundle, backend="trt").backend("r")
@@ -353,7 +353,7 @@ def test_trt_engines_for_another_gpu_or_version_are_not_loaded(monkeypatch, bund
 def test_trt_engine_with_other_tensors_is_refused(monkeypatch, bundle):
     names = ["input", "loss"]
     engine = types.SimpleNamespace(num_io_tensors=2, get_tensor_name=names.__getitem__)
-    monkeypatch.setattr(backends, "_import_trt", lambda: _fake_trt(engine))
+    monkeypatch.setattr(backends.trt, "_import_trt", lambda: _fake_trt(engine))
     _with_engine(bundle)
     with pytest.raises(RlpError, match=r"engine tensors \['input', 'loss'\] do not match") as exc:
         Bundle.load(bundle, backend="trt").backend("r")
@@ -361,7 +361,7 @@ def test_trt_engine_with_other_tensors_is_refused(monkeypatch, bundle):
 
 
 def test_trt_engine_with_a_wrong_hash_is_refused_before_loading(monkeypatch, bundle):
-    monkeypatch.setattr(backends, "_import_trt", lambda: _fake_trt(object()))
+    monkeypatch.setattr(backends.trt, "_import_trt", lambda: _fake_trt(object()))
     plan = _with_engine(bundle)
     plan.write_bytes(b"tampered engine bytes")
     with pytest.raises(RlpError) as exc:
