@@ -31,6 +31,8 @@ from rlp.runtime.nifti import AXES, check_header, load_nifti, nifti_stem, nifti_
 from rlp.runtime.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.progress import progress
 
+from .prepare_report import is_label, split_counts, subject_rule, warn
+
 SPLITS = ("train", "val", "test")
 MNI152 = "mni152"
 MNI152_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -57,8 +59,9 @@ def _is_mask(name: str) -> bool:
     return bool(re.search(r"mask", name, re.IGNORECASE))
 
 
-def discover(source: str) -> tuple[str, list[Subject]]:
-    """Find the subjects of a source; returns (kind, subjects)."""
+def discover(source: str, skipped: list | None = None) -> tuple[str, list[Subject]]:
+    """Find the subjects of a source; returns (kind, subjects). Label maps (``_truth``, ``_lesion``, ...) are
+    not subjects: each is appended to ``skipped`` (``{"file", "reason"}``)."""
     if source == MNI152:
         return "mni152", [Subject("mni152", mni152_path())]
     p = Path(source)
@@ -77,7 +80,10 @@ def discover(source: str) -> tuple[str, list[Subject]]:
         files = [p]
     else:
         raise InputMissing("no such file, folder or glob (or 'mni152')", source)
-    images = [f for f in files if not _is_mask(f.name)]
+    labels = [f for f in files if not _is_mask(f.name) and is_label(nifti_stem(f))]
+    if skipped is not None:
+        skipped += [{"file": str(f), "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
+    images = [f for f in files if not _is_mask(f.name) and f not in labels]
     masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
     subs = []
     seen: dict[str, int] = {}
@@ -138,7 +144,8 @@ def prepare(
     out = Path(out)
     if out.exists() and not force:
         raise CannotCreate("exists; pass --force to overwrite", out)
-    kind, subjects = discover(source)
+    skipped: list[dict] = []
+    kind, subjects = discover(source, skipped)
     subjects, bad_errors = _preflight(subjects)
     if bad_errors and not skip_bad:
         raise _bad_volumes(bad_errors, source)
@@ -195,7 +202,10 @@ def prepare(
                             ds.resize(a + len(rows), axis=0)
                             ds[a:] = arr
                         sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
-                                        "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows)})
+                                        "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows),
+                                        "slices_in_volume": n})
+                    else:
+                        skipped.append({"file": str(sub.image), "reason": f"no slice with brain tissue ({n} slices)"})
                     bar.advance(task)
             if bad_errors and not skip_bad:
                 raise _bad_volumes(bad_errors, source)
@@ -208,7 +218,8 @@ def prepare(
             else:
                 ss = split_subjects(len(kept_subjects), seed)
                 split = ss[subj_idx[:]]
-                rule = f"subject-wise, seeded permutation (seed {seed}), 80/10/10; no subject in two splits"
+                rule = subject_rule(seed, *split_counts(split, subj_idx[:], SPLITS))
+            subj_of_slice = subj_idx[:]
             f.create_dataset("split", data=split.astype(np.uint8))
             f.create_dataset("subjects", data=np.asarray(kept_subjects, dtype=object), dtype=h5py.string_dtype())
             f.attrs["source"] = str(source)
@@ -246,9 +257,20 @@ def prepare(
         else:  # interrupted while creating it: ours or a dead writer's, unless a live writer holds it
             _remove_unless_locked(h5py, partial)
         raise
-    counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
-    return {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
-            "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad), "split_rule": rule}
+    return _summary(out, n, kept_subjects, split, subj_of_slice, n_empty, bad, rule, sources, skipped, quiet)
+
+
+def _summary(out, n, kept_subjects, split, subj_of_slice, n_empty, bad, rule, sources, skipped, quiet) -> dict:
+    counts, subjects = split_counts(split, subj_of_slice, SPLITS)
+    summary = {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
+               "split_subjects": subjects, "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad),
+               "split_rule": rule,
+               "taken": [{"image": s["image"], "slices": s["n_slices"], "slices_in_volume": s["slices_in_volume"]}
+                         for s in sources],
+               "skipped": skipped + [{"file": b.split(": ")[0], "reason": b} for b in bad]}
+    if not quiet:
+        warn(summary)
+    return summary
 
 
 def _preflight(subjects: list[Subject]) -> tuple[list[Subject], list[RlpError]]:
