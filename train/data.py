@@ -151,89 +151,29 @@ def prepare(
         raise _bad_volumes(bad_errors, source)
     pre = Preprocessing(size=size, percentile=percentile, nonfinite="error", version=version)
     partial = out.with_name(out.name + ".partial")
-    n_empty = 0
     bad: list[str] = [str(e) for e in bad_errors]
     sources = []
     f = None
     try:  # from the partial file's creation on: a Ctrl-C or SIGTERM at any point removes it
         f = _create_partial(h5py, partial)
         with f:
-            images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
-                                      chunks=(1, size, size), compression="lzf")
-            brains = f.create_dataset("brains", (0, size, size), np.bool_, maxshape=(None, size, size),
-                                      chunks=(1, size, size), compression="lzf")
-            subj_idx = f.create_dataset("subject", (0,), np.int32, maxshape=(None,))
-            slice_idx = f.create_dataset("slice_index", (0,), np.int32, maxshape=(None,))
-            kept_subjects: list[str] = []
-            with progress(quiet) as bar:
-                task = bar.add_task("preparing volumes", total=len(subjects))
-                for sub in subjects:
-                    try:
-                        vol = load_nifti(sub.image)
-                        mvol = load_nifti(sub.mask) if sub.mask else None
-                        if mvol is not None and mvol.data.shape != vol.data.shape:
-                            raise BadInput(f"mask shape {mvol.data.shape} != image shape {vol.data.shape}", sub.mask)
-                        k, n = vol.slices(axis)
-                        rows, brs, idxs = [], [], []
-                        for i in range(n):
-                            sl, sp = vol.get_slice(k, i)
-                            m = None if mvol is None else mvol.get_slice(k, i)[0] > 0
-                            prep = preprocess_slice(sl, pre, sp, mask=m, path=sub.image)
-                            if prep.empty:
-                                n_empty += 1
-                                continue
-                            rows.append(prep.image)
-                            brs.append(prep.brain)
-                            idxs.append(i)
-                    except RlpError as exc:
-                        bad_errors.append(exc)
-                        bad.append(str(exc))
-                        bar.advance(task)
-                        continue
-                    if bad_errors and not skip_bad:  # failing: only check the other volumes, to list them all
-                        bar.advance(task)
-                        continue
-                    if rows:
-                        si = len(kept_subjects)
-                        kept_subjects.append(sub.id)
-                        a = images.shape[0]
-                        for ds, arr in ((images, np.stack(rows)), (brains, np.stack(brs)),
-                                        (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
-                            ds.resize(a + len(rows), axis=0)
-                            ds[a:] = arr
-                        sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
-                                        "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows),
-                                        "slices_in_volume": n})
-                    else:
-                        skipped.append({"file": str(sub.image), "reason": f"no slice with brain tissue ({n} slices)"})
-                    bar.advance(task)
+            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped)
+            bad += [str(e) for e in bad_errors[len(bad):]]
+            images, subj_idx = f["images"], f["subject"]
             if bad_errors and not skip_bad:
                 raise _bad_volumes(bad_errors, source)
             n = images.shape[0]
             if n == 0:
                 raise BadInput("no slice with brain tissue in any volume", source)
-            if len(kept_subjects) == 1:
-                split = split_slices_by_range(n)
-                rule = "single subject: split by contiguous slice ranges (blocks of 5 slices; of every 10 blocks 8 train, 1 val, 1 test); neighbouring slices are correlated, so held-out figures are optimistic"
-            else:
-                ss = split_subjects(len(kept_subjects), seed)
-                split = ss[subj_idx[:]]
-                rule = subject_rule(seed, *split_counts(split, subj_idx[:], SPLITS))
             subj_of_slice = subj_idx[:]
+            split, rule = _split(len(kept_subjects), subj_of_slice, seed)
             f.create_dataset("split", data=split.astype(np.uint8))
             f.create_dataset("subjects", data=np.asarray(kept_subjects, dtype=object), dtype=h5py.string_dtype())
-            f.attrs["source"] = str(source)
-            f.attrs["source_kind"] = kind
-            f.attrs["axis"] = axis
-            f.attrs["size"] = size
-            f.attrs["preprocessing"] = json.dumps(pre.to_dict())
-            f.attrs["split_rule"] = rule
-            f.attrs["split_names"] = json.dumps(list(SPLITS))
-            f.attrs["n_empty_slices_skipped"] = n_empty
-            f.attrs["bad_volumes_skipped"] = json.dumps(bad)
-            f.attrs["sources"] = json.dumps(sources)
-            f.attrs["rlp_version"] = __version__
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            f.attrs.update({"source": str(source), "source_kind": kind, "axis": axis, "size": size,
+                            "preprocessing": json.dumps(pre.to_dict()), "split_rule": rule,
+                            "split_names": json.dumps(list(SPLITS)), "n_empty_slices_skipped": n_empty,
+                            "bad_volumes_skipped": json.dumps(bad), "sources": json.dumps(sources),
+                            "rlp_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             f.attrs["complete"] = 1  # written last: readers refuse files without it
             f.flush()
         with open(partial, "rb+") as fh:
@@ -271,6 +211,74 @@ def _summary(out, n, kept_subjects, split, subj_of_slice, n_empty, bad, rule, so
     if not quiet:
         warn(summary)
     return summary
+
+
+def _split(n_subjects: int, subj_of_slice: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """(split of every slice, the rule in words with the counts it gave)."""
+    if n_subjects == 1:
+        return split_slices_by_range(len(subj_of_slice)), (
+            "single subject: split by contiguous slice ranges (blocks of 5 slices; of every 10 blocks 8 train, 1 val, "
+            "1 test); neighbouring slices are correlated, so held-out figures are optimistic")
+    split = split_subjects(n_subjects, seed)[subj_of_slice]
+    return split, subject_rule(seed, *split_counts(split, subj_of_slice, SPLITS))
+
+
+def _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped) -> tuple[list[str], int]:
+    """Every volume's brain slices into ``f``'s datasets; a bad volume goes to ``bad_errors``, one without
+    brain to ``skipped``. Returns (the subjects kept, the empty slices dropped)."""
+    size = pre.size
+    images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
+                              chunks=(1, size, size), compression="lzf")
+    brains = f.create_dataset("brains", (0, size, size), np.bool_, maxshape=(None, size, size),
+                              chunks=(1, size, size), compression="lzf")
+    subj_idx = f.create_dataset("subject", (0,), np.int32, maxshape=(None,))
+    slice_idx = f.create_dataset("slice_index", (0,), np.int32, maxshape=(None,))
+    kept_subjects: list[str] = []
+    n_empty = 0
+    with progress(quiet) as bar:
+        task = bar.add_task("preparing volumes", total=len(subjects))
+        for sub in subjects:
+            bar.advance(task)
+            try:
+                n, rows, brs, idxs = _volume_slices(sub, axis, pre)
+                n_empty += n - len(rows)
+            except RlpError as exc:
+                bad_errors.append(exc)
+                continue
+            if bad_errors and not skip_bad:  # failing: only check the other volumes, to list them all
+                continue
+            if not rows:
+                skipped.append({"file": str(sub.image), "reason": f"no slice with brain tissue ({n} slices)"})
+                continue
+            si = len(kept_subjects)
+            kept_subjects.append(sub.id)
+            a = images.shape[0]
+            for ds, arr in ((images, np.stack(rows)), (brains, np.stack(brs)),
+                            (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
+                ds.resize(a + len(rows), axis=0)
+                ds[a:] = arr
+            sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
+                            "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows), "slices_in_volume": n})
+    return kept_subjects, n_empty
+
+
+def _volume_slices(sub: Subject, axis: str, pre: Preprocessing) -> tuple[int, list, list, list]:
+    """(slices along ``axis``, then the preprocessed images, brain masks and indices of those with brain)."""
+    vol = load_nifti(sub.image)
+    mvol = load_nifti(sub.mask) if sub.mask else None
+    if mvol is not None and mvol.data.shape != vol.data.shape:
+        raise BadInput(f"mask shape {mvol.data.shape} != image shape {vol.data.shape}", sub.mask)
+    k, n = vol.slices(axis)
+    rows, brs, idxs = [], [], []
+    for i in range(n):
+        sl, sp = vol.get_slice(k, i)
+        m = None if mvol is None else mvol.get_slice(k, i)[0] > 0
+        prep = preprocess_slice(sl, pre, sp, mask=m, path=sub.image)
+        if not prep.empty:
+            rows.append(prep.image)
+            brs.append(prep.brain)
+            idxs.append(i)
+    return n, rows, brs, idxs
 
 
 def _preflight(subjects: list[Subject]) -> tuple[list[Subject], list[RlpError]]:
