@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import path_role
@@ -33,36 +32,22 @@ def checkpoint_name(stage: str, variant: str | None = None) -> str:
     return f"{stage}-{variant}" if variant else stage
 
 
-@dataclass(frozen=True)
 class RunFolder:
-    path: Path
+    """The files of a run folder at ``path`` (nothing is read or created here)."""
 
     def __init__(self, path: str | os.PathLike):
-        object.__setattr__(self, "path", Path(path))
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+        self.heldout = self.path / "heldout.npz"
+        self.targets_cache = self.path / "predictor_targets.npz"
+        self.checkpoints = self.path / "checkpoints"
+        self.samples = self.path / "samples"
 
-    # -- files
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
     def config(self, variant: str | None = None) -> Path:
         return self.path / (f"config-{variant}.json" if variant else "config.json")
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def heldout(self) -> Path:
-        return self.path / "heldout.npz"
-
-    @property
-    def targets_cache(self) -> Path:
-        return self.path / "predictor_targets.npz"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def samples(self) -> Path:
-        return self.path / "samples"
 
     def checkpoint(self, name: str, which: str = "best") -> Path:
         """``checkpoints/NAME_{last,best}.pt``; ``name`` from :func:`checkpoint_name`."""
