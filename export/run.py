@@ -176,7 +176,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
         meta = {k: v for k, v in state.items() if k not in ("models", "optim", "sched", "rng")}
         loaded[key] = RunModel(key, module, arch, ckpt_path, meta)
     if not loaded:
-        raise InputMissing(f"no checkpoint to export (looked for {', '.join(folder.relative(folder.model_checkpoint(k)[0]) for k in ROLES)})", path)
+        looked = ", ".join(folder.relative(folder.model_checkpoint(k)[0]) for k in ROLES)
+        raise InputMissing(f"no checkpoint to export (looked for {looked})", path)
     (first, (geometry, preprocessing)), *others = contracts.items()
     for key, (geo, pre) in others:
         if geo != geometry or pre != preprocessing:

@@ -48,51 +48,55 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, hlp in (("gan", "train G and D (L1 + adversarial)"), ("predictor", "train R against the run's frozen G"),
                       ("all", "gan, then predictor")):
-        t = sub.add_parser(name, help=hlp)
-        t.add_argument("--data", required=True, help="dataset from rlp-train prepare")
-        t.add_argument("--run", "--run-dir", dest="run", required=True,
-                       help="run folder (config, metrics, checkpoints, samples); under torchrun write --run-dir")
-        t.add_argument("--preset", choices=list(PRESETS), help="settings preset (this or --config is required)")
-        t.add_argument("--config", help="TOML config file (overrides the preset)")
-        t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-        t.add_argument("--force", action="store_true",
-                       help="replace what the run folder holds: the stages asked for start from step 0")
-        t.add_argument("--quiet", action="store_true")
-        t.add_argument("--seed", type=int)
-        t.add_argument("--deterministic", action="store_true", default=None)
-        t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-        t.add_argument("--threads", type=int)
-        t.add_argument("--max-minutes", type=float, help="stop a stage after this long (saves a checkpoint)")
-        t.add_argument("--window", type=int)
-        t.add_argument("--stride", type=int)
-        t.add_argument("--context", type=_context, help="context crop side, or 'full' for the whole slice (paper)")
-        t.add_argument("--fill", type=float, help="value painted over the box (the paper: 1.0)")
-        t.add_argument("--paint", choices=list(PAINT),
-                       help="paint the whole box (box, the paper) or only its tissue pixels (tissue)")
-        t.add_argument("--no-augment", action="store_true")
-        t.add_argument("--box-sampling", choices=list(BOX_SAMPLING))
-        t.add_argument("--gan-steps", type=int)
-        t.add_argument("--gan-batch", type=int)
-        t.add_argument("--width", type=int, help="G width")
-        t.add_argument("--depth", type=int, help="G depth")
-        t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
-        t.add_argument("--g-output", choices=list(G_OUTPUTS),
-                       help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) or sigmoid (the paper)")
-        t.add_argument("--score", choices=list(SCORE_CHOICES),
-                       help="the window score predictors learn and the bundle computes: auto (z for a Laplace G, "
-                            "else l1), z (|x - mu| / b) or l1 (the paper's raw L1)")
-        t.add_argument("--predictor", choices=list(PREDICTORS),
-                       help="R's kind: dense (slice in, every window's loss out), crop (the crop around the box), paper")
-        t.add_argument("--variant", help="train a named predictor variant beside the run's default one "
-                       "(checkpoints predictor-NAME_*.pt, exported as model r-NAME)")
-        t.add_argument("--r-width", type=int, help="R width")
-        t.add_argument("--r-lr", type=float, help="R learning rate")
-        t.add_argument("--target", choices=list(TARGETS), help="R's target: window-region loss (default) or whole-image loss (paper)")
-        t.add_argument("--target-corrupt", type=float,
-                       help="dense predictor: share of the augmented target copies corrupted with augment.context_noise")
-        t.add_argument("--r-steps", type=int)
-        t.add_argument("--r-batch", type=int)
+        _train_args(sub.add_parser(name, help=hlp))
     return ap
+
+
+def _train_args(t: argparse.ArgumentParser) -> None:
+    """The flags of gan, predictor and all."""
+    t.add_argument("--data", required=True, help="dataset from rlp-train prepare")
+    t.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder (config, metrics, checkpoints, samples); under torchrun write --run-dir")
+    t.add_argument("--preset", choices=list(PRESETS), help="settings preset (this or --config is required)")
+    t.add_argument("--config", help="TOML config file (overrides the preset)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    t.add_argument("--force", action="store_true",
+                   help="replace what the run folder holds: the stages asked for start from step 0")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--deterministic", action="store_true", default=None)
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--max-minutes", type=float, help="stop a stage after this long (saves a checkpoint)")
+    t.add_argument("--window", type=int)
+    t.add_argument("--stride", type=int)
+    t.add_argument("--context", type=_context, help="context crop side, or 'full' for the whole slice (paper)")
+    t.add_argument("--fill", type=float, help="value painted over the box (the paper: 1.0)")
+    t.add_argument("--paint", choices=list(PAINT),
+                   help="paint the whole box (box, the paper) or only its tissue pixels (tissue)")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--box-sampling", choices=list(BOX_SAMPLING))
+    t.add_argument("--gan-steps", type=int)
+    t.add_argument("--gan-batch", type=int)
+    t.add_argument("--width", type=int, help="G width")
+    t.add_argument("--depth", type=int, help="G depth")
+    t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
+    t.add_argument("--g-output", choices=list(G_OUTPUTS),
+                   help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) or sigmoid (the paper)")
+    t.add_argument("--score", choices=list(SCORE_CHOICES),
+                   help="the window score predictors learn and the bundle computes: auto (z for a Laplace G, "
+                        "else l1), z (|x - mu| / b) or l1 (the paper's raw L1)")
+    t.add_argument("--predictor", choices=list(PREDICTORS),
+                   help="R's kind: dense (slice in, every window's loss out), crop (the crop around the box), paper")
+    t.add_argument("--variant", help="train a named predictor variant beside the run's default one "
+                   "(checkpoints predictor-NAME_*.pt, exported as model r-NAME)")
+    t.add_argument("--r-width", type=int, help="R width")
+    t.add_argument("--r-lr", type=float, help="R learning rate")
+    t.add_argument("--target", choices=list(TARGETS), help="R's target: window-region loss (default) or whole-image loss (paper)")
+    t.add_argument("--target-corrupt", type=float,
+                   help="dense predictor: share of the augmented target copies corrupted with augment.context_noise")
+    t.add_argument("--r-steps", type=int)
+    t.add_argument("--r-batch", type=int)
 
 
 def _context(text: str):

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path

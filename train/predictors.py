@@ -186,7 +186,8 @@ class DensePredictor(PredictorStage):
         rank = float(np.mean(per_slice)) if per_slice else 0.0
         mean = float(tgt[ok].mean())
         return {"val_key": "val_objective", "val_objective": mae / mean + float(self.settings.rank_weight) * (1 - rank),
-                "val_mae": mae, "val_mae_rel": mae / mean, "val_mae_median_baseline": float(np.abs(np.median(tgt[ok]) - tgt[ok]).mean()),
+                "val_mae": mae, "val_mae_rel": mae / mean,
+                "val_mae_median_baseline": float(np.abs(np.median(tgt[ok]) - tgt[ok]).mean()),
                 "val_spearman": spearman(pred[ok], tgt[ok]), "val_spearman_slice": rank, "val_target_mean": mean}
 
 

@@ -46,7 +46,8 @@ def warn(summary: dict) -> None:
     if skipped:
         listed = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5])
         more = f"; and {len(skipped) - 5} more (listed in the summary)" if len(skipped) > 5 else ""
-        stderr_console.print(f"prepare: skipped {len(skipped)} file(s): {listed}{more}", markup=False, highlight=False, soft_wrap=True)
+        stderr_console.print(f"prepare: skipped {len(skipped)} file(s): {listed}{more}", markup=False, highlight=False,
+                             soft_wrap=True)
     singles = [t["image"] for t in summary["taken"] if t.get("slices_in_volume") == 1]
     if singles:
         stderr_console.print(f"prepare: {len(singles)} file(s) hold a single slice and were each taken as a subject "
