@@ -24,8 +24,6 @@ from rlp.runtime.errors import EX_USAGE, BadInput, InputMissing, RlpError
 from rlp.runtime.geometry import PAINT, WindowGeometry
 from rlp.runtime.kinds import PredictorKind
 
-from .augment import AugmentConfig
-
 PRESETS = ("demo", "paper", "tiny")
 PREDICTORS = PredictorKind.values()
 SCORE_CHOICES = ("auto", "z", "l1")
@@ -176,7 +174,10 @@ class TrainConfig:
             out["preset"] = self.preset
         return out
 
-    def augment_config(self) -> AugmentConfig:
+    def augment_config(self):
+        """The :class:`~rlp.train.augment.AugmentConfig` (imported here: this module needs no torch)."""
+        from .augment import AugmentConfig
+
         return AugmentConfig(**self.augment)
 
     def section(self, stage: str):
