@@ -27,6 +27,7 @@ from rlp.runtime.inputs import nifti_files
 from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.core.preprocess import brain_mask
 from rlp.runtime.core.files import read_npz
+from rlp.runtime.core.runfolder import RunFolder
 
 LESION = "lesion"
 HELDOUT = "heldout"
@@ -86,9 +87,10 @@ def nifti_cases(pairs: list[tuple[Path, Path | None]]) -> list[dict]:
 
 def heldout_cases(run: Path, n: int) -> list[dict]:
     """Up to ``n`` of the run's held-out slices, evenly spread."""
-    images = _npz_images(run / "heldout.npz", "images")
+    npz = RunFolder(run).heldout
+    images = _npz_images(npz, "images")
     idx = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
-    return [{"id": f"heldout{int(i):02d}", "set": HELDOUT, "npz": str(run / "heldout.npz"), "index": int(i),
+    return [{"id": f"heldout{int(i):02d}", "set": HELDOUT, "npz": str(npz), "index": int(i),
              "lesion_key": None} for i in idx]
 
 

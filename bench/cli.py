@@ -36,6 +36,7 @@ from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default
 from rlp.runtime.core.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
 from rlp.runtime.core.nifti import load_nifti
 from rlp.runtime.core.progress import progress
+from rlp.runtime.core.runfolder import RunFolder
 
 from . import plots, report as rep
 from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases
@@ -205,7 +206,7 @@ class Bench:
             n_healthy = SUITE_HEALTHY if self.args.healthy is None and self.mode == "full" else (self.args.healthy or 1)
             cases = suite_cases(run, workdir / "suite.npz", self.args.seed, n_les, n_healthy)
             self.suite = {"seed": self.args.seed, "lesions": n_les, "healthy": n_healthy,
-                          "source": f"{run / 'heldout.npz'}: validation and test slices",
+                          "source": f"{RunFolder(run).heldout}: validation and test slices",
                           "cases": [{"id": c["id"], "set": c["set"], **c["suite"]} for c in cases]}
             self.notes.append(f"lesion suite: {n_les} held-out slices with one synthetic lesion each and {n_healthy} "
                               f"healthy ones (seed {self.args.seed}); every third slice of each set rotated and shifted")

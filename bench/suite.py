@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.files import read_npz
+from rlp.runtime.core.runfolder import RunFolder
 
 from .lesions import SUITE_KINDS, make_lesion
 
@@ -48,7 +49,7 @@ def size_class(radius: float) -> str:
 
 
 def _heldout(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    path = run / "heldout.npz"
+    path = RunFolder(run).heldout
     z = read_npz(path, ("images", "brains"), ("split",),
                  missing="held-out slices not found (the lesion suite is built from them)")
     images, brains = z["images"].astype(np.float32), z["brains"].astype(bool)
@@ -78,7 +79,7 @@ def suite_cases(run: Path, out_npz: Path, seed: int = 0, lesions: int = SUITE_LE
     need = 3 * math.pi * RADIUS[1] ** 2 * (images.shape[-1] / 128.0) ** 2  # room for the largest lesion
     usable = np.flatnonzero(area >= min(need, float(np.median(area))))
     if len(usable) == 0:
-        raise BadInput("no held-out slice has enough brain for the lesion suite", Path(run) / "heldout.npz")
+        raise BadInput("no held-out slice has enough brain for the lesion suite", RunFolder(run).heldout)
     rng = np.random.default_rng(seed)
     order = rng.permutation(usable)
     out_img, out_mask, cases = [], [], []

@@ -1,11 +1,7 @@
 """Reading a training run folder (written by ``rlp-train``) for export.
 
-Layout::
-
-    RUN/config.json                     the resolved training config
-    RUN/checkpoints/gan_best.pt         stage "gan": G (and D)
-    RUN/checkpoints/predictor_best.pt   stage "predictor": R
-    RUN/heldout.npz                     held-out real slices: "images" float32 (N,S,S) in [0,1], "brains" bool
+The layout is :class:`rlp.runtime.core.runfolder.RunFolder`'s: ``config.json``, the best checkpoints
+of G (``checkpoints/gan_best.pt``), R and its variants, and ``heldout.npz``.
 
 Checkpoints load with ``weights_only=True`` only (:func:`rlp.train.checkpoint.load_checkpoint`);
 every problem is a one-line :class:`~rlp.runtime.core.errors.RlpError` naming the file.
@@ -14,7 +10,6 @@ every problem is a one-line :class:`~rlp.runtime.core.errors.RlpError` naming th
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,37 +21,20 @@ from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.manifest import path_role, sha256_file
 from rlp.runtime.core.preprocess import Preprocessing
+from rlp.runtime.core.kinds import InputKind, PredictorKind
+from rlp.runtime.core.runfolder import MODEL_STAGES, RunFolder
 from rlp.train.checkpoint import load_checkpoint
 from rlp.train.models import ScaledOutput, build, target_scale
 
-CONFIG = "config.json"
-HELDOUT = "heldout.npz"
-#: model key -> (checkpoint file, stage, key inside the checkpoint); predictor variants
-#: ``r-NAME`` (``rlp-train predictor --variant NAME``) read ``checkpoints/predictor-NAME_best.pt``
-CHECKPOINTS = {
-    "g": ("checkpoints/gan_best.pt", "gan", "g"),
-    "r": ("checkpoints/predictor_best.pt", "predictor", "r"),
-}
-ROLES = tuple(CHECKPOINTS)
-VARIANT_CHECKPOINT = re.compile(r"predictor-([a-z0-9]+)_best\.pt")
-
-
-def checkpoint_of(key: str) -> tuple[str, str, str]:
-    """(checkpoint file, stage, key inside it) of model ``key``: g, r or r-NAME."""
-    if key in CHECKPOINTS:
-        return CHECKPOINTS[key]
-    if path_role(key) == "r":
-        return (f"checkpoints/predictor-{key[2:]}_best.pt", "predictor", "r")
-    raise ValueError(key)
+#: the models a run folder holds besides the predictor variants r-NAME
+ROLES = tuple(MODEL_STAGES)
 
 
 def run_models(path: Path) -> tuple[str, ...]:
     """Every model key a run folder has a checkpoint for: g, r, then the variants r-NAME."""
-    keys = [k for k in ROLES if (path / CHECKPOINTS[k][0]).is_file()]
-    ck = path / "checkpoints"
-    if ck.is_dir():
-        keys += sorted(f"r-{m.group(1)}" for f in ck.iterdir() if (m := VARIANT_CHECKPOINT.fullmatch(f.name)))
-    return tuple(keys)
+    return RunFolder(path).models()
+
+
 LOSS_REGIONS = ("window", "image")
 
 
@@ -103,7 +81,7 @@ def _predictor_setting(config: dict, key: str):
 
 def _read_config(path: Path) -> dict:
     if not path.is_file():
-        raise InputMissing(f"no {CONFIG}; is this an rlp-train run folder?", path.parent)
+        raise InputMissing(f"no {path.name}; is this an rlp-train run folder?", path.parent)
     return read_json_object(path, "the training config")
 
 
@@ -158,17 +136,17 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
     path = Path(path)
     if not path.is_dir():
         raise InputMissing("run folder not found", path)
-    config = _read_config(path / CONFIG)
-    wanted = run_models(path) if models is None else tuple(models)
+    folder = RunFolder(path)
+    config = _read_config(folder.config())
+    wanted = folder.models() if models is None else tuple(models)
     loaded: dict[str, RunModel] = {}
     contracts = {}
     for key in wanted:
         try:
-            rel, stage, inner = checkpoint_of(key)
+            ckpt_path, stage, inner = folder.model_checkpoint(key)
         except ValueError:
             raise BadInput(f"{key!r} is not a model name (g, r or r-NAME; this run has "
-                           f"{', '.join(run_models(path)) or 'none'})", path) from None
-        ckpt_path = path / rel
+                           f"{', '.join(folder.models()) or 'none'})", path) from None
         if not ckpt_path.is_file():
             if models is None:
                 continue
@@ -181,7 +159,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
         meta = {k: v for k, v in state.items() if k not in ("models", "optim", "sched", "rng")}
         loaded[key] = RunModel(key, module, arch, ckpt_path, meta)
     if not loaded:
-        raise InputMissing(f"no checkpoint to export (looked for {', '.join(CHECKPOINTS[k][0] for k in ROLES)})", path)
+        looked = ", ".join(folder.relative(folder.model_checkpoint(k)[0]) for k in ROLES)
+        raise InputMissing(f"no checkpoint to export (looked for {looked})", path)
     (first, (geometry, preprocessing)), *others = contracts.items()
     for key, (geo, pre) in others:
         if geo != geometry or pre != preprocessing:
@@ -190,15 +169,15 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
     if preprocessing.size != geometry.size:
         raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}", loaded[first].checkpoint)
     _check_inputs(loaded, geometry)
-    images, brains = _read_heldout(path / HELDOUT, geometry.size, preprocessing.ceiling)
+    images, brains = _read_heldout(folder.heldout, geometry.size, preprocessing.ceiling)
     g_scores, score = _scores(loaded, path)
     provenance = next((m.state.get("data") for m in loaded.values() if m.state.get("data")), {}) or {}
     region = _predictor_setting(config, "target") or "window"
     if region not in LOSS_REGIONS:
-        raise BadInput(f"predictor.target {region!r} is not one of {', '.join(LOSS_REGIONS)}", path / CONFIG)
+        raise BadInput(f"predictor.target {region!r} is not one of {', '.join(LOSS_REGIONS)}", folder.config())
     r = loaded.get("r")
     transform = (r.state.get("target_transform") if r else None) or _predictor_setting(config, "target_transform")
-    return Run(path, config, geometry, preprocessing, loaded, images, brains, sha256_file(path / HELDOUT),
+    return Run(path, config, geometry, preprocessing, loaded, images, brains, sha256_file(folder.heldout),
                dict(provenance), str(region), str(transform or "identity"), score, g_scores)
 
 
@@ -221,7 +200,7 @@ def _scores(models: dict[str, RunModel], path: Path) -> tuple[tuple[str, ...], s
         raise BadInput(f"the predictors learned the {score} score, which this run's G cannot compute", path)
     scale = target_scale(score)
     for m in models.values():
-        if m.role == "r" and m.arch.get("kind") in ("crop", "paper") and scale != 1.0:
+        if m.role == "r" and m.arch.get("kind") in (PredictorKind.CROP, PredictorKind.PAPER) and scale != 1.0:
             m.module = ScaledOutput(m.module, scale).eval()
             m.arch = m.module.arch
     return g_scores, score
@@ -239,27 +218,52 @@ def _check_inputs(models: dict[str, RunModel], geometry: WindowGeometry) -> None
                            f"inputs (not a multiple of {2**depth})", g.checkpoint)
 
 
-def input_kind(model: RunModel, geometry: WindowGeometry) -> str:
-    """``"crop"`` when the model reads the context crop around the box, ``"image"`` for the whole inpainted
-    slice, ``"dense"`` for a dense predictor (the slice, read once for every window)."""
+def input_kind(model: RunModel, geometry: WindowGeometry) -> InputKind:
+    """What the model reads: the context crop around the box, the whole inpainted slice, or (a dense predictor)
+    the slice, read once for every window. Checkpoints record it (``input_kind``); older ones do not, and
+    :func:`_legacy_input_kind` infers it from the layer sizes as export did before."""
+    recorded = model.state.get("input_kind")
+    if isinstance(recorded, dict) and model.role in recorded:
+        try:
+            kind = InputKind(recorded[model.role])
+        except ValueError:
+            raise BadInput(f"unknown input_kind {recorded[model.role]!r} (expected one of "
+                           f"{', '.join(InputKind.values())})", model.checkpoint) from None
+    else:
+        kind = _legacy_input_kind(model, geometry)
+    _check_reads(model, geometry, kind)
+    return kind
+
+
+def _legacy_input_kind(model: RunModel, geometry: WindowGeometry) -> InputKind:
+    """LEGACY: checkpoints written before they recorded ``input_kind`` (e.g. runs/demo2): inferred from G's
+    geometry, R's architecture kind and the side of what R reads."""
     if model.key == "g":
-        return "crop" if geometry.context is not None else "image"
-    if model.arch.get("kind") == "dense":
+        return InputKind.CROP if geometry.context is not None else InputKind.IMAGE
+    if model.arch.get("kind") == PredictorKind.DENSE:
+        return InputKind.DENSE
+    side = model.input_size
+    if geometry.context is not None and side == geometry.context:
+        return InputKind.CROP
+    if side == geometry.size:
+        return InputKind.IMAGE
+    raise BadInput(f"R reads {side}x{side} inputs, but the geometry has slices of {geometry.size} "
+                   f"and context crops of {geometry.context}", model.checkpoint)
+
+
+def _check_reads(model: RunModel, geometry: WindowGeometry, kind: InputKind) -> None:
+    """The model's architecture fits what it reads under this geometry."""
+    if kind == InputKind.DENSE:
         want = (geometry.size, geometry.window, geometry.stride)
         if (model.arch.get("size"), model.arch.get("window"), model.arch.get("stride")) != want or not geometry.dense_ok():
             raise BadInput(f"the dense predictor was built for size/window/stride {model.arch.get('size')}/"
                            f"{model.arch.get('window')}/{model.arch.get('stride')}, the geometry is {'/'.join(map(str, want))}",
                            model.checkpoint)
-        return "dense"
-    side = model.input_size
-    if geometry.context is not None and side == geometry.context:
-        return "crop"
-    if side == geometry.size:
-        return "image"
-    raise BadInput(f"R reads {side}x{side} inputs, but the geometry has slices of {geometry.size} "
-                   f"and context crops of {geometry.context}", model.checkpoint)
+    elif model.role == "r" and model.input_size != geometry.for_input(kind).input_size:
+        raise BadInput(f"R reads {model.input_size}x{model.input_size} inputs, but {kind} inputs of this geometry are "
+                       f"{geometry.for_input(kind).input_size}x{geometry.for_input(kind).input_size}", model.checkpoint)
 
 
 def input_side(model: RunModel, geometry: WindowGeometry) -> int:
     """Side of the square the model reads (the contract written into the manifest)."""
-    return geometry.input_size if input_kind(model, geometry) == "crop" else geometry.size
+    return geometry.for_input(input_kind(model, geometry)).input_size

@@ -141,12 +141,14 @@ def test_ctrl_c_during_training_exits_130_and_keeps_the_last_complete_checkpoint
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
         main(["gan", "--preset", "tiny", "--data", str(mni_tiny), "--run", str(run), "--threads", "1", "--quiet"])
-    assert exc.value.code == EX_INTERRUPTED and saves == [10, 10, 20]
+    # the interrupt's own save (#20: Ctrl-C saves the steps done) writes step 20 again, completely
+    assert exc.value.code == EX_INTERRUPTED and saves == [10, 10, 20, 20]
     assert capsys.readouterr().err.strip().splitlines()[-1] == "rlp-train: interrupted"
     monkeypatch.undo()
     ck = run / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["gan_best.pt", "gan_last.pt"]  # no temporary file left
-    assert checkpoint.load_checkpoint(ck / "gan_last.pt")["step"] == 10
+    assert checkpoint.load_checkpoint(ck / "gan_last.pt")["step"] == 20
+    assert checkpoint.load_checkpoint(ck / "gan_best.pt")["step"] == 10  # best: the last validated one
 
 
 # --------------------------------------------------------------------------- a second writer or reader

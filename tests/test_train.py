@@ -188,7 +188,7 @@ def test_paper_predictor_needs_256(tmp_path, mni_tiny, tiny_run):
 
     cfg = resolve("tiny", None, {"predictor": {"kind": "paper"}})
     before = (tiny_run / "config.json").read_bytes()
-    with pytest.raises(ValueError, match="256x256"):
+    with pytest.raises(RlpError, match="256x256"):  # a one-line user error, not a traceback
         train_predictor(cfg, str(mni_tiny), tiny_run, quiet=True)
     assert (tiny_run / "config.json").read_bytes() == before  # a stage that never started leaves the run's config
 

@@ -31,6 +31,8 @@ from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem
 from rlp.runtime.core.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.core.progress import progress
 
+from .prepare_report import is_label, split_counts, subject_rule, warn
+
 SPLITS = ("train", "val", "test")
 MNI152 = "mni152"
 MNI152_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -57,8 +59,9 @@ def _is_mask(name: str) -> bool:
     return bool(re.search(r"mask", name, re.IGNORECASE))
 
 
-def discover(source: str) -> tuple[str, list[Subject]]:
-    """Find the subjects of a source; returns (kind, subjects)."""
+def discover(source: str, skipped: list | None = None) -> tuple[str, list[Subject]]:
+    """Find the subjects of a source; returns (kind, subjects). Label maps (``_truth``, ``_lesion``, ...) are
+    not subjects: each is appended to ``skipped`` (``{"file", "reason"}``)."""
     if source == MNI152:
         return "mni152", [Subject("mni152", mni152_path())]
     p = Path(source)
@@ -75,7 +78,10 @@ def discover(source: str) -> tuple[str, list[Subject]]:
         if not p.is_file():
             raise InputMissing("no such file, folder or glob (or 'mni152')", source)
         files = [p]
-    images = [f for f in files if not _is_mask(f.name)]
+    labels = [f for f in files if not _is_mask(f.name) and is_label(nifti_stem(f))]
+    if skipped is not None:
+        skipped += [{"file": str(f), "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
+    images = [f for f in files if not _is_mask(f.name) and f not in labels]
     masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
     subs = []
     seen: dict[str, int] = {}
@@ -136,91 +142,36 @@ def prepare(
     out = Path(out)
     if out.exists() and not force:
         raise CannotCreate("exists; pass --force to overwrite", out)
-    kind, subjects = discover(source)
+    skipped: list[dict] = []
+    kind, subjects = discover(source, skipped)
     subjects, bad_errors = _preflight(subjects)
     if bad_errors and not skip_bad:
         raise _bad_volumes(bad_errors, source)
     pre = Preprocessing(size=size, percentile=percentile, nonfinite="error", version=version)
     partial = out.with_name(out.name + ".partial")
-    n_empty = 0
     bad: list[str] = [str(e) for e in bad_errors]
     sources = []
     f = None
     try:  # from the partial file's creation on: a Ctrl-C or SIGTERM at any point removes it
         f = _create_partial(h5py, partial)
         with f:
-            images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
-                                      chunks=(1, size, size), compression="lzf")
-            brains = f.create_dataset("brains", (0, size, size), np.bool_, maxshape=(None, size, size),
-                                      chunks=(1, size, size), compression="lzf")
-            subj_idx = f.create_dataset("subject", (0,), np.int32, maxshape=(None,))
-            slice_idx = f.create_dataset("slice_index", (0,), np.int32, maxshape=(None,))
-            kept_subjects: list[str] = []
-            with progress(quiet) as bar:
-                task = bar.add_task("preparing volumes", total=len(subjects))
-                for sub in subjects:
-                    try:
-                        vol = load_nifti(sub.image)
-                        mvol = load_nifti(sub.mask) if sub.mask else None
-                        if mvol is not None and mvol.data.shape != vol.data.shape:
-                            raise BadInput(f"mask shape {mvol.data.shape} != image shape {vol.data.shape}", sub.mask)
-                        k, n = vol.slices(axis)
-                        rows, brs, idxs = [], [], []
-                        for i in range(n):
-                            sl, sp = vol.get_slice(k, i)
-                            m = None if mvol is None else mvol.get_slice(k, i)[0] > 0
-                            prep = preprocess_slice(sl, pre, sp, mask=m, path=sub.image)
-                            if prep.empty:
-                                n_empty += 1
-                                continue
-                            rows.append(prep.image)
-                            brs.append(prep.brain)
-                            idxs.append(i)
-                    except RlpError as exc:
-                        bad_errors.append(exc)
-                        bad.append(str(exc))
-                        bar.advance(task)
-                        continue
-                    if bad_errors and not skip_bad:  # failing: only check the other volumes, to list them all
-                        bar.advance(task)
-                        continue
-                    if rows:
-                        si = len(kept_subjects)
-                        kept_subjects.append(sub.id)
-                        a = images.shape[0]
-                        for ds, arr in ((images, np.stack(rows)), (brains, np.stack(brs)),
-                                        (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
-                            ds.resize(a + len(rows), axis=0)
-                            ds[a:] = arr
-                        sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
-                                        "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows)})
-                    bar.advance(task)
+            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped)
+            bad += [str(e) for e in bad_errors[len(bad):]]
+            images, subj_idx = f["images"], f["subject"]
             if bad_errors and not skip_bad:
                 raise _bad_volumes(bad_errors, source)
             n = images.shape[0]
             if n == 0:
                 raise BadInput("no slice with brain tissue in any volume", source)
-            if len(kept_subjects) == 1:
-                split = split_slices_by_range(n)
-                rule = "single subject: split by contiguous slice ranges (blocks of 5 slices; of every 10 blocks 8 train, 1 val, 1 test); neighbouring slices are correlated, so held-out figures are optimistic"
-            else:
-                ss = split_subjects(len(kept_subjects), seed)
-                split = ss[subj_idx[:]]
-                rule = f"subject-wise, seeded permutation (seed {seed}), 80/10/10; no subject in two splits"
+            subj_of_slice = subj_idx[:]
+            split, rule = _split(len(kept_subjects), subj_of_slice, seed)
             f.create_dataset("split", data=split.astype(np.uint8))
             f.create_dataset("subjects", data=np.asarray(kept_subjects, dtype=object), dtype=h5py.string_dtype())
-            f.attrs["source"] = str(source)
-            f.attrs["source_kind"] = kind
-            f.attrs["axis"] = axis
-            f.attrs["size"] = size
-            f.attrs["preprocessing"] = json.dumps(pre.to_dict())
-            f.attrs["split_rule"] = rule
-            f.attrs["split_names"] = json.dumps(list(SPLITS))
-            f.attrs["n_empty_slices_skipped"] = n_empty
-            f.attrs["bad_volumes_skipped"] = json.dumps(bad)
-            f.attrs["sources"] = json.dumps(sources)
-            f.attrs["rlp_version"] = __version__
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            f.attrs.update({"source": str(source), "source_kind": kind, "axis": axis, "size": size,
+                            "preprocessing": json.dumps(pre.to_dict()), "split_rule": rule,
+                            "split_names": json.dumps(list(SPLITS)), "n_empty_slices_skipped": n_empty,
+                            "bad_volumes_skipped": json.dumps(bad), "sources": json.dumps(sources),
+                            "rlp_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             f.attrs["complete"] = 1  # written last: readers refuse files without it
             f.flush()
         with open(partial, "rb+") as fh:
@@ -244,9 +195,88 @@ def prepare(
         else:  # interrupted while creating it: ours or a dead writer's, unless a live writer holds it
             _remove_unless_locked(h5py, partial)
         raise
-    counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
-    return {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
-            "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad), "split_rule": rule}
+    return _summary(out, n, kept_subjects, split, subj_of_slice, n_empty, bad, rule, sources, skipped, quiet)
+
+
+def _summary(out, n, kept_subjects, split, subj_of_slice, n_empty, bad, rule, sources, skipped, quiet) -> dict:
+    counts, subjects = split_counts(split, subj_of_slice, SPLITS)
+    summary = {"out": str(out), "slices": int(n), "subjects": len(kept_subjects), "split": counts,
+               "split_subjects": subjects, "empty_slices_skipped": n_empty, "bad_volumes_skipped": len(bad),
+               "split_rule": rule,
+               "taken": [{"image": s["image"], "slices": s["n_slices"], "slices_in_volume": s["slices_in_volume"]}
+                         for s in sources],
+               "skipped": skipped + [{"file": b.split(": ")[0], "reason": b} for b in bad]}
+    if not quiet:
+        warn(summary)
+    return summary
+
+
+def _split(n_subjects: int, subj_of_slice: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """(split of every slice, the rule in words with the counts it gave)."""
+    if n_subjects == 1:
+        return split_slices_by_range(len(subj_of_slice)), (
+            "single subject: split by contiguous slice ranges (blocks of 5 slices; of every 10 blocks 8 train, 1 val, "
+            "1 test); neighbouring slices are correlated, so held-out figures are optimistic")
+    split = split_subjects(n_subjects, seed)[subj_of_slice]
+    return split, subject_rule(seed, *split_counts(split, subj_of_slice, SPLITS))
+
+
+def _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped) -> tuple[list[str], int]:
+    """Every volume's brain slices into ``f``'s datasets; a bad volume goes to ``bad_errors``, one without
+    brain to ``skipped``. Returns (the subjects kept, the empty slices dropped)."""
+    size = pre.size
+    images = f.create_dataset("images", (0, size, size), np.float32, maxshape=(None, size, size),
+                              chunks=(1, size, size), compression="lzf")
+    brains = f.create_dataset("brains", (0, size, size), np.bool_, maxshape=(None, size, size),
+                              chunks=(1, size, size), compression="lzf")
+    subj_idx = f.create_dataset("subject", (0,), np.int32, maxshape=(None,))
+    slice_idx = f.create_dataset("slice_index", (0,), np.int32, maxshape=(None,))
+    kept_subjects: list[str] = []
+    n_empty = 0
+    with progress(quiet) as bar:
+        task = bar.add_task("preparing volumes", total=len(subjects))
+        for sub in subjects:
+            bar.advance(task)
+            try:
+                n, rows, brs, idxs = _volume_slices(sub, axis, pre)
+                n_empty += n - len(rows)
+            except RlpError as exc:
+                bad_errors.append(exc)
+                continue
+            if bad_errors and not skip_bad:  # failing: only check the other volumes, to list them all
+                continue
+            if not rows:
+                skipped.append({"file": str(sub.image), "reason": f"no slice with brain tissue ({n} slices)"})
+                continue
+            si = len(kept_subjects)
+            kept_subjects.append(sub.id)
+            a = images.shape[0]
+            for ds, arr in ((images, np.stack(rows)), (brains, np.stack(brs)),
+                            (subj_idx, np.full(len(rows), si, np.int32)), (slice_idx, np.asarray(idxs, np.int32))):
+                ds.resize(a + len(rows), axis=0)
+                ds[a:] = arr
+            sources.append({"id": sub.id, "image": str(sub.image), "sha256": sha256_file(sub.image),
+                            "mask": str(sub.mask) if sub.mask else None, "n_slices": len(rows), "slices_in_volume": n})
+    return kept_subjects, n_empty
+
+
+def _volume_slices(sub: Subject, axis: str, pre: Preprocessing) -> tuple[int, list, list, list]:
+    """(slices along ``axis``, then the preprocessed images, brain masks and indices of those with brain)."""
+    vol = load_nifti(sub.image)
+    mvol = load_nifti(sub.mask) if sub.mask else None
+    if mvol is not None and mvol.data.shape != vol.data.shape:
+        raise BadInput(f"mask shape {mvol.data.shape} != image shape {vol.data.shape}", sub.mask)
+    k, n = vol.slices(axis)
+    rows, brs, idxs = [], [], []
+    for i in range(n):
+        sl, sp = vol.get_slice(k, i)
+        m = None if mvol is None else mvol.get_slice(k, i)[0] > 0
+        prep = preprocess_slice(sl, pre, sp, mask=m, path=sub.image)
+        if not prep.empty:
+            rows.append(prep.image)
+            brs.append(prep.brain)
+            idxs.append(i)
+    return n, rows, brs, idxs
 
 
 def _preflight(subjects: list[Subject]) -> tuple[list[Subject], list[RlpError]]:

@@ -16,9 +16,12 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 # stderr=True looks sys.stderr up at every write, so later redirection is followed
 stderr_console = Console(stderr=True)
+#: columns beside a bar's extra text and its bar: a description of up to 22 characters, n/total, elapsed, remaining
+_FIXED_WIDTH = 52
 
 
 class _Silent:
@@ -93,8 +96,11 @@ def progress(quiet: bool = False, extra: str | None = None, *, transient: bool =
         yield _Lines(console, interval)
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    if extra:
-        cols.append(TextColumn(extra))
+    if extra:  # the extra text takes what the terminal has left, cut with an ellipsis: the bar and counts stay whole
+        bar_width = 10 if console.width < 120 else 40
+        cols[1] = BarColumn(bar_width=bar_width)
+        cols.append(TextColumn(extra, table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                          max_width=max(1, console.width - _FIXED_WIDTH - bar_width))))
     with Progress(*cols, console=console, transient=transient) as bar:
         yield bar
 
