@@ -26,7 +26,7 @@ from .geometry import SCORES
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, default_bundle, demo_slices)
 from .manifest import path_role
-from .nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
+from .nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, out_of_memory, save_like
 from .overlay import MAX_PANELS, Panel, pick_slices, render
 from .progress import progress
 
@@ -454,7 +454,7 @@ def _attempt(inp: str, *context) -> tuple[dict, int]:
     except RlpError as exc:
         msg, code = (str(exc) if exc.path else f"{inp}: {exc}"), exc.code
     except MemoryError:
-        msg, code = f"{inp}: out of memory (try a smaller --batch)", EX_SOFTWARE
+        msg, code = f"{inp}: {out_of_memory(inp)}", EX_SOFTWARE
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("RLP_DEBUG"):
             traceback.print_exc()
