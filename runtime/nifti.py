@@ -28,18 +28,10 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from . import limits
 from .atomic import atomic_path
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, one_line
 
-#: The stated bound (README "Limits"): a run's peak memory is at most PEAK_BASE plus PEAK_MULTIPLE times the
-#: input's voxel data as float32 (voxels x 4 bytes; measured: 8.3x for a 4000x4000 slice, load to overlay).
-PEAK_MULTIPLE = 10
-PEAK_BASE = 512 << 20
-#: the memory a run may use (RLP_MAX_MEMORY, bytes; default 8 GiB); inputs that the bound says would need more
-#: are refused from their header, before any voxel is allocated
-MAX_MEMORY = int(os.environ.get("RLP_MAX_MEMORY", 8 << 30))
-#: the largest voxel data (float32 bytes) accepted: derived from MAX_MEMORY, or set outright (RLP_MAX_VOXEL_BYTES)
-MAX_VOXEL_BYTES = int(os.environ.get("RLP_MAX_VOXEL_BYTES", max(1 << 20, (MAX_MEMORY - PEAK_BASE) // PEAK_MULTIPLE)))
 _OK_DTYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}  # u8 i16 i32 f32 f64 i8 u16 u32 i64 u64
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # world axis (RAS) normal to the slice
 # Ground-truth lesion masks beside their slice: <stem>_lesion.nii.gz (demo inputs, bench).
@@ -219,20 +211,6 @@ def _open_nifti(path: Path):
     return _opener(gz), gz
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def size_limit_advice() -> str:
-    """What the voxel-data limit is, where it comes from, and what to do about an input over it."""
-    if "RLP_MAX_VOXEL_BYTES" in os.environ:
-        return (f"over the limit of {_size(MAX_VOXEL_BYTES)} of voxel data (RLP_MAX_VOXEL_BYTES; raise it, "
-                "or crop or downsample the image)")
-    return (f"over the limit of {_size(MAX_VOXEL_BYTES)} of voxel data that a run within RLP_MAX_MEMORY="
-            f"{_size(MAX_MEMORY)} can take (it needs up to {PEAK_MULTIPLE}x the voxel data, plus "
-            f"{_size(PEAK_BASE)}); crop or downsample the image, or raise RLP_MAX_MEMORY")
-
-
 def _check_declared(head: bytes, path: Path, gz: bool):
     """Parse the header; refuse a declared size over the cap (or, for ``.nii``, over the file size).
 
@@ -244,11 +222,11 @@ def _check_declared(head: bytes, path: Path, gz: bool):
     # Python integers: a product of NIfTI dims can overflow int64 and wrap below the cap.
     voxels = math.prod(int(s) for s in shape)
     nbytes = voxels * itemsize
-    if max(nbytes, 4 * voxels) > MAX_VOXEL_BYTES:
-        raise BadInput(f"header declares {'x'.join(map(str, shape))} voxels ({_size(4 * voxels)} as float32); "
-                       f"{size_limit_advice()}", path)
+    if max(nbytes, 4 * voxels) > limits.MAX_VOXEL_BYTES:
+        raise BadInput(f"header declares {'x'.join(map(str, shape))} voxels ({limits.size(4 * voxels)} as float32); "
+                       f"{limits.advice()}", path)
     offset = float(hdr["vox_offset"])
-    if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= MAX_VOXEL_BYTES):
+    if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= limits.MAX_VOXEL_BYTES):
         # (a single-file NIfTI's voxels follow the header and its 4 extension bytes; 0 would read the header)
         raise BadInput(f"header vox_offset {offset:g} is not a usable data offset", path)
     need = int(hdr.get_data_offset()) + nbytes
@@ -404,12 +382,9 @@ def out_of_memory(path: str | os.PathLike) -> str:
     """The message for a MemoryError while processing ``path``: the cause (its size) and what to do."""
     try:
         shape = check_header(path)
-        size = f"its {'x'.join(map(str, shape))} voxels ({_size(4 * math.prod(shape))} as float32)"
     except (RlpError, OSError):
-        size = "its voxel data"
-    return (f"out of memory: {size} need up to {PEAK_MULTIPLE}x that plus {_size(PEAK_BASE)} (README \"Limits\"), "
-            "more than this machine had free; free memory, crop or downsample the image, or lower RLP_MAX_MEMORY "
-            "so that such inputs are refused before they are read")
+        shape = None
+    return limits.out_of_memory(shape)
 
 
 def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: str = "array") -> Volume:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rlp.runtime.errors import EX_DATAERR
-from rlp.runtime.nifti import PEAK_BASE, PEAK_MULTIPLE
+from rlp.runtime.limits import PEAK_BASE, PEAK_MULTIPLE
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and ru_maxrss in KiB")
 
