@@ -220,11 +220,10 @@ def _check_declared(head: bytes, path: Path, gz: bool):
     shape = hdr.get_data_shape()
     itemsize = np.dtype(hdr.get_data_dtype()).itemsize
     # Python integers: a product of NIfTI dims can overflow int64 and wrap below the cap.
-    voxels = math.prod(int(s) for s in shape)
-    nbytes = voxels * itemsize
-    if max(nbytes, 4 * voxels) > limits.MAX_VOXEL_BYTES:
-        raise BadInput(f"header declares {'x'.join(map(str, shape))} voxels ({limits.size(4 * voxels)} as float32); "
-                       f"{limits.advice()}", path)
+    nbytes = math.prod(int(s) for s in shape) * itemsize
+    too_large = limits.refusal(tuple(int(s) for s in shape), nbytes)
+    if too_large:
+        raise BadInput(too_large, path)
     offset = float(hdr["vox_offset"])
     if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= limits.MAX_VOXEL_BYTES):
         # (a single-file NIfTI's voxels follow the header and its 4 extension bytes; 0 would read the header)

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from rlp.runtime.errors import EX_DATAERR
-from rlp.runtime.limits import PEAK_BASE, PEAK_MULTIPLE
+from rlp.runtime.limits import PEAK_BASE, PEAK_MULTIPLE, PEAK_PER_SLICE, need
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and ru_maxrss in KiB")
 
-BUDGET = 1 << 30  # RLP_MAX_MEMORY of these runs: a limit of (1 GiB - PEAK_BASE) / PEAK_MULTIPLE of voxel data
-LIMIT = (BUDGET - PEAK_BASE) // PEAK_MULTIPLE
+BUDGET = 1 << 30  # RLP_MAX_MEMORY of these runs: a slice's voxel data limited to about 51 MiB
+LIMIT = (BUDGET - PEAK_BASE - PEAK_PER_SLICE) // PEAK_MULTIPLE
 CHILD_DATA_CAP = 2 << 30
 CAP_OOM = 400 << 20  # room for the interpreter, onnxruntime and the model, not for a 3000x3000 slice's run
 
@@ -83,6 +83,15 @@ def test_an_input_over_the_limit_is_refused_from_its_header(tmp_path):
     assert peak < PEAK_BASE  # nothing of the declared size was ever allocated
 
 
+def test_a_volume_of_many_small_slices_is_refused_for_its_slices(tmp_path):
+    """Each slice has maps on the model grid: 1500 slices of 64x64 (23 MiB of voxels, under the 51 MiB) need
+    1.83 GiB, over the 1 GiB budget."""
+    bomb = _bomb(tmp_path / "thin.nii.gz", (64, 64, 1500))
+    rc, err, _ = _run([bomb], tmp_path / "out")
+    assert need((64, 64, 1500)) > BUDGET and 4 * 64 * 64 * 1500 < LIMIT
+    assert rc == EX_DATAERR and "64x64x1500" in err and "1.83 GiB" in err and "RLP_MAX_MEMORY=1.00 GiB" in err, err
+
+
 def test_peak_memory_of_an_input_just_under_the_limit_stays_within_the_bound(tmp_path):
     n = int((LIMIT / 4) ** 0.5) - 8  # float32 voxel data just under the limit
     src = _slice(tmp_path / "big.nii.gz", n)
@@ -90,7 +99,7 @@ def test_peak_memory_of_an_input_just_under_the_limit_stays_within_the_bound(tmp
     rc, err, peak = _run([src], out)
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["big_heatmap.nii.gz", "big_overlay.png", "big_summary.json"]
-    bound = PEAK_BASE + PEAK_MULTIPLE * 4 * n * n
+    bound = need((n, n))
     assert peak <= bound, f"peak RSS {peak / 2**20:.0f} MiB over the stated bound {bound / 2**20:.0f} MiB"
 
 
