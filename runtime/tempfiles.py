@@ -13,6 +13,7 @@ locks are never reaped (nothing proves their writer dead).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -72,6 +73,9 @@ def make(parent: Path, prefix: str, suffix: str, *, folder: bool = False) -> tup
             try:
                 fd = os.open(name, _FLAGS)
             except OSError:
+                if os.path.lexists(name):  # not reaped meanwhile: a real failure (e.g. out of file descriptors)
+                    os.rmdir(name)
+                    raise
                 continue  # reaped before it could be opened: make another
         else:
             fd, name = tempfile.mkstemp(prefix=prefix + MARK, suffix=suffix, dir=parent)
@@ -80,8 +84,10 @@ def make(parent: Path, prefix: str, suffix: str, *, folder: bool = False) -> tup
             if _same(fd, name):
                 _own[os.path.abspath(name)] = fd
                 return Path(name), fd
-        except BaseException:
+        except BaseException:  # e.g. Ctrl-C while waiting for the lock
             os.close(fd)
+            with contextlib.suppress(OSError):
+                (os.rmdir if folder else os.unlink)(name)
             raise
         os.close(fd)  # a reaper took it between its creation and our lock: make another
 
