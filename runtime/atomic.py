@@ -243,7 +243,8 @@ def file_lock(path: str | os.PathLike, *, timeout: float | None = None) -> Itera
             st = os.fstat(fd)
             if _ident(path) == (st.st_dev, st.st_ino):
                 if st.st_size == 0:  # what tells reapers (tempfiles) that this is one of rlp's lock files
-                    os.write(fd, tempfiles.LOCK_CONTENT)
+                    with contextlib.suppress(OSError):  # (without it, a lock file left behind is only reused)
+                        os.write(fd, tempfiles.LOCK_CONTENT)
                 break
             # the holder removed the file (or it was replaced) while we waited: lock what the name is now
         except BaseException:
