@@ -27,7 +27,7 @@ from .inputs import LAYOUTS, list_inputs, output_folders
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, box_hits, default_bundle, demo_slices)
 from .core.manifest import path_role
-from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, save_like
+from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, out_of_memory, save_like
 from .overlay import MAX_PANELS, Panel, heat_label, panel_title, pick_slices, render
 from .core.progress import progress
 
@@ -477,7 +477,7 @@ def _attempt(inp: str, *context) -> tuple[dict, int]:
     except RlpError as exc:
         msg, code = (str(exc) if exc.path else f"{inp}: {exc}"), exc.code
     except MemoryError:
-        msg, code = f"{inp}: out of memory (try a smaller --batch)", EX_SOFTWARE
+        msg, code = f"{inp}: {out_of_memory(inp)}", EX_SOFTWARE
     except Exception as exc:  # a bug: one line, the traceback only on request
         msg, code = f"{inp}: {report_internal_error(exc)}", EX_SOFTWARE
     _say(msg)

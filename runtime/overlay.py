@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,9 @@ import numpy as np
 from .core.atomic import write_bytes
 
 MAX_PANELS = 12
+#: the most pixels per panel side handed to matplotlib (a panel is drawn ~320 px wide): a larger slice is
+#: reduced first, so that drawing a 16000x16000 slice costs what a 1024x1024 one does
+DISPLAY_MAX = 1024
 
 
 @dataclass
@@ -73,6 +76,33 @@ def _grey_range(image: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = np.percentile(vals, [0.5, 99.5])
     return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+
+
+def _reduce(a: np.ndarray, f: int, how) -> np.ndarray:
+    """``a`` (2D) in blocks of ``f`` x ``f`` pixels (the last ones partial), each reduced by ``how`` (float32).
+
+    A band of ``f`` rows at a time, so that no full-resolution copy is made; non-finite values count as 0.
+    """
+    out = []
+    for i in range(0, a.shape[0], f):
+        band = np.asarray(a[i : i + f], dtype=np.float32)
+        row = how(np.where(np.isfinite(band), band, np.float32(0)), axis=0)
+        pad = (-row.size) % f
+        if pad:
+            row = np.concatenate([row, np.repeat(row[-1:], pad)])
+        out.append(how(row.reshape(-1, f), axis=1))
+    return np.stack(out)
+
+
+def display_panel(p: Panel, limit: int = DISPLAY_MAX) -> Panel:
+    """``p`` at display resolution: at most ``limit`` pixels per side (image: block means, heat: block maxima,
+    so a hot window never disappears); its box and spacing follow. A small panel is returned as it is."""
+    f = -(-max(p.image.shape) // limit)
+    if f <= 1:
+        return p
+    box = None if p.box is None else tuple((v - (f - 1) / 2) / f for v in p.box)  # edges: -0.5 stays -0.5
+    return replace(p, image=_reduce(p.image, f, np.mean), heat=_reduce(p.heat, f, np.max),
+                   spacing=(p.spacing[0] * f, p.spacing[1] * f), box=box)
 
 
 def heat_label(what: str) -> str:
@@ -194,6 +224,7 @@ def panels_figure(panels: Sequence[Panel], *, title: str = "", label: str = "win
 
     if not panels:
         raise ValueError("no panels to draw")
+    panels = [display_panel(p) for p in panels]
     vmax = max(float(np.max(p.heat)) if p.heat.size else 0.0 for p in panels)
     norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
     cells, ncols = montage_cells(panels, with_input)

@@ -13,11 +13,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import tempfiles
+from .tempfiles import ident as _ident
 from .errors import CannotCreate, RlpError
 
 try:
@@ -65,10 +66,11 @@ NAME_MAX = 255
 
 
 def temp_prefix(name: str, suffix: str = "") -> str:
-    """``mkstemp``'s prefix for a temporary file beside ``name``: ``.name.``, shortened (with a hash of the
-    whole name, so that two long names stay apart) where the temporary name would pass :data:`NAME_MAX`
-    although ``name`` itself fits."""
-    room = NAME_MAX - len(os.fsencode(suffix)) - 8 - 2  # mkstemp's 8 random characters, the dot and the dot
+    """The start of a temporary name beside ``name``: ``.name.``, shortened (with a hash of the whole name, so
+    that two long names stay apart) where the temporary name (``.name.~rlp-XXXXXXXX<suffix>``,
+    :mod:`rlp.runtime.core.tempfiles`) would pass :data:`NAME_MAX` although ``name`` itself fits."""
+    # mkstemp's 8 random characters, the two dots and the mark
+    room = NAME_MAX - len(os.fsencode(suffix)) - 8 - 2 - len(tempfiles.MARK)
     if len(os.fsencode(name)) <= room:
         return f".{name}."
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
@@ -99,15 +101,16 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True, suffix: str = ".
     that choose a format by extension need the real one, e.g. ``".nii.gz"``).
     """
     path = Path(path)
+    if tempfiles.owned(path):  # already a temporary file of this process's (e.g. a file of an atomic_set)
+        yield path
+        return
     if os.path.lexists(path) and not force:
         raise CannotCreate("exists; pass --force to overwrite", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, suffix), suffix=suffix, dir=path.parent)
-        os.close(fd)
+        tmp_path, held = tempfiles.make(path.parent, temp_prefix(path.name, suffix), suffix)
     except OSError as exc:
         _raise_for(exc, path)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -121,6 +124,8 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True, suffix: str = ".
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        tempfiles.release(held)  # the lock that tells reapers this writer is alive (tempfiles)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = True) -> Path:
@@ -151,17 +156,20 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         raise CannotCreate("exists; pass --force to overwrite", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, ".partial"), suffix=".partial", dir=path.parent))
+        tmp, fd = tempfiles.make(path.parent, temp_prefix(path.name, ".partial"), ".partial", folder=True)
     except OSError as exc:
         _raise_for(exc, path)
+    held = [fd]
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~(~_umask_mode() & 0o666))  # mkdtemp makes 0700
         old = None
+        held.append(tempfiles.hold_existing(path))  # the old folder stays locked under its temporary name
         if path.exists() and _exchange(tmp, path):
             old = tmp  # the old folder, now under the temporary name
         elif path.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, ".old"), suffix=".old", dir=path.parent))
+            old, fd = tempfiles.make(path.parent, temp_prefix(path.name, ".old"), ".old", folder=True)
+            held.append(fd)
             os.replace(path, old / "x")
         if old is not tmp:
             os.replace(tmp, path)
@@ -174,6 +182,13 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release(held)
+
+
+def _release(fds) -> None:
+    for fd in fds:
+        tempfiles.release(fd)
 
 
 # --------------------------------------------------------------------------- sets of outputs
@@ -182,14 +197,6 @@ class OutputExists(CannotCreate):
 
     def __init__(self, path):
         super().__init__("exists; pass --force to overwrite", path)
-
-
-def _ident(path: Path):
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 @contextlib.contextmanager
@@ -235,6 +242,9 @@ def file_lock(path: str | os.PathLike, *, timeout: float | None = None) -> Itera
                 break
             st = os.fstat(fd)
             if _ident(path) == (st.st_dev, st.st_ino):
+                if st.st_size == 0:  # what tells reapers (tempfiles) that this is one of rlp's lock files
+                    with contextlib.suppress(OSError):  # (without it, a lock file left behind is only reused)
+                        os.write(fd, tempfiles.LOCK_CONTENT)
                 break
             # the holder removed the file (or it was replaced) while we waited: lock what the name is now
         except BaseException:
@@ -268,6 +278,7 @@ class StagedSet:
         self.temps: dict[str, Path] = {}
         self.last: str | None = None  # the output being written (named by errors without a file name)
         self.consumed: set[str] = set()  # keys whose temporary file became the output
+        self.held: list[int | None] = []  # locked fds of the temporary files (tempfiles), closed at the end
 
     def path(self, key: str, suffix: str | None = None) -> Path:
         out = self.outputs[key]
@@ -276,11 +287,11 @@ class StagedSet:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             sfx = suffix or _suffix_of(out.name)
-            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(out.name, sfx), suffix=sfx, dir=out.parent)
-            os.close(fd)
+            tmp, fd = tempfiles.make(out.parent, temp_prefix(out.name, sfx), sfx)
         except OSError as exc:
             _raise_for(exc, out)
-        self.temps[key] = Path(tmp)
+        self.held.append(fd)
+        self.temps[key] = tmp
         self.last = key
         return self.temps[key]
 
@@ -325,6 +336,7 @@ def atomic_set(outputs: dict[str, str | os.PathLike], *, force: bool = False,
         for key, tmp in staged.temps.items():
             if key not in staged.consumed:
                 tmp.unlink(missing_ok=True)
+        _release(staged.held)
 
 
 def _publish(staged: StagedSet, force: bool) -> None:
@@ -343,14 +355,14 @@ def _publish(staged: StagedSet, force: bool) -> None:
         for key in reversed(list(staged.temps)):  # the reverse of the order they were staged in
             tmp, out = staged.temps[key], outs[key]
             ours = _ident(tmp)
+            staged.held.append(tempfiles.hold_existing(out))  # the old file stays locked under its temporary name
             if os.path.lexists(out) and _exchange(tmp, out):
                 done.append(("exchanged", out, tmp, ours))  # the old file is now at tmp (removed in the cleanup)
                 continue
             aside = None
             if os.path.lexists(out):  # no atomic swap on this system: move the old file aside first
-                fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name, ".old"), suffix=".old", dir=out.parent)
-                os.close(fd)
-                aside = Path(name)
+                aside, fd = tempfiles.make(out.parent, temp_prefix(out.name, ".old"), ".old")
+                staged.held.append(fd)
                 try:
                     os.replace(out, aside)
                 except BaseException:

@@ -28,11 +28,10 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from . import limits
 from .atomic import atomic_path
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, one_line
 
-# Declared voxel data larger than this is refused before anything is allocated.
-MAX_VOXEL_BYTES = int(os.environ.get("RLP_MAX_VOXEL_BYTES", 1 << 30))
 _OK_DTYPES = {2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280}  # u8 i16 i32 f32 f64 i8 u16 u32 i64 u64
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # world axis (RAS) normal to the slice
 # Ground-truth lesion masks beside their slice: <stem>_lesion.nii.gz (demo inputs, bench).
@@ -230,13 +229,11 @@ def _check_declared(head: bytes, path: Path, gz: bool):
     itemsize = np.dtype(hdr.get_data_dtype()).itemsize
     # Python integers: a product of NIfTI dims can overflow int64 and wrap below the cap.
     nbytes = math.prod(int(s) for s in shape) * itemsize
-    if nbytes > MAX_VOXEL_BYTES:
-        raise BadInput(
-            f"header declares {'x'.join(map(str, shape))} voxels of {itemsize} bytes "
-            f"({nbytes / 2**30:.2f} GiB), over the {MAX_VOXEL_BYTES / 2**30:.2f} GiB cap "
-            "(set RLP_MAX_VOXEL_BYTES to raise it)", path)
+    too_large = limits.refusal(tuple(int(s) for s in shape), nbytes)
+    if too_large:
+        raise BadInput(too_large, path)
     offset = float(hdr["vox_offset"])
-    if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= MAX_VOXEL_BYTES):
+    if not (np.isfinite(offset) and len(hdr.binaryblock) + 4 <= offset <= limits.MAX_VOXEL_BYTES):
         # (a single-file NIfTI's voxels follow the header and its 4 extension bytes; 0 would read the header)
         raise BadInput(f"header vox_offset {offset:g} is not a usable data offset", path)
     need = int(hdr.get_data_offset()) + nbytes
@@ -400,7 +397,7 @@ def load_nifti(path: str | os.PathLike, volume_index: int | None = None) -> Volu
         except RlpError:
             raise
         except MemoryError:
-            raise BadInput("not enough memory to read the voxel data", path) from None
+            raise BadInput(out_of_memory(path), path) from None
         except Exception as exc:
             raise BadInput(f"cannot read voxel data ({_one_line(exc)})", path) from None
         vol = _make_volume(path, data, img, notes)
@@ -422,6 +419,15 @@ def _pick_volume(img, index: int | None, path: Path) -> np.ndarray:
     if len(shape) <= 3:
         return np.asarray(img.get_fdata(dtype=np.float32))
     return np.asarray(img.dataobj[:, :, :, int(index)], dtype=np.float32)
+
+
+def out_of_memory(path: str | os.PathLike) -> str:
+    """The message for a MemoryError while processing ``path``: the cause (its size) and what to do."""
+    try:
+        shape = check_header(path)
+    except (RlpError, OSError):
+        shape = None
+    return limits.out_of_memory(shape)
 
 
 def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: str = "array") -> Volume:

@@ -205,7 +205,11 @@ def preprocess_slice(
     if not hi > 0:
         hi = float(vals.max())
     top = cfg.ceiling
-    norm = np.clip(x / hi, 0.0, top) * brain_in
+    del vals
+    norm = x  # in place: a full-resolution slice is not copied again (peak memory, README "Limits")
+    np.divide(norm, hi, out=norm)
+    np.clip(norm, 0.0, top, out=norm)
+    norm *= brain_in
     img = rs.to_model(norm, order=cfg.interpolation_order, antialias=cfg.antialias)
     brain = rs.to_model(brain_in.astype(np.float64), order=1, antialias=False) > 0.5
     img = (np.clip(img, 0.0, top) * brain).astype(np.float32)
