@@ -50,8 +50,9 @@ def _grey_range(image: np.ndarray) -> tuple[float, float]:
 
 
 def render(panels: Sequence[Panel], *, title: str = "", label: str = "window loss",
-           with_input: bool = False) -> bytes:
-    """PNG bytes of the panels (in a grid); ``with_input`` also shows each slice without the heatmap."""
+           with_input: bool = False, note: str = "") -> bytes:
+    """PNG bytes of the panels (in a grid); ``with_input`` also shows each slice without the heatmap; ``note``:
+    a warning line under the panels (:func:`domain_note`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -89,9 +90,31 @@ def render(panels: Sequence[Panel], *, title: str = "", label: str = "window los
         cbar.set_label(label)
     if title:
         fig.suptitle(title, fontsize=10)
+    if note:
+        _draw_note(fig, note)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def percentile_text(percentile: float | None) -> str:
+    """A score's context for a title: its percentile among the bundle's healthy slices (empty without one)."""
+    return "" if percentile is None else f"  (healthy p{percentile:.0f})"
+
+
+def domain_note(warnings: Sequence[str] | None) -> str:
+    """The overlay's warning line for an input outside the bundle's training domain (empty when inside)."""
+    if not warnings:
+        return ""
+    more = f" (+{len(warnings) - 1} more, see the summary)" if len(warnings) > 1 else ""
+    return f"WARNING: not what the model was trained on: {warnings[0]}{more}"
+
+
+def _draw_note(fig, note: str) -> None:
+    import textwrap
+
+    fig.subplots_adjust(bottom=0.14)
+    fig.text(0.01, 0.01, textwrap.fill(note, 110), fontsize=7, color="red", ha="left", va="bottom")
 
 
 def save_overlay(path: str | os.PathLike, panels: Sequence[Panel], *, force: bool = True, **kw) -> Path:
