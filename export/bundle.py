@@ -240,7 +240,8 @@ def _healthy(run: Run, manifest: Manifest, folder: Path, n: int, reporter: Repor
     with Bundle(folder, manifest, "", backend="ort-cpu", precision="fp32") as bundle:
         for path in manifest.paths():
             tops = []
-            with reporter.step(f"healthy reference: path {path}, {len(chosen)} held-out slices", len(chosen)) as advance:
+            what = f"healthy reference: path {path}, {len(chosen)} held-out slices"
+            with reporter.step(what, len(chosen)) as advance:
                 for i in chosen:
                     res = bundle.heatmap_slice(run.images[i], path=path, mask=run.brains[i])
                     if not res.empty:

@@ -38,7 +38,9 @@ The checks and their tolerances, each derived from the spread of the training sl
   training slices of their kind, so that tail does not blunt the check for whole slices. On the
   demo's template (gamma 0.3): limits 0.12 (whole slices) and 0.23 (small ones); the held-out
   slices reach 0.05, a square-root (gamma 0.5) slice 0.08, a T2-like inverted slice 0.21-0.25, a
-  cubed (gamma 3) one 0.25, a slice with 3% background noise 0.40.
+  cubed (gamma 3) one 0.25, a slice with 3% background noise 0.40. Neither limit is below
+  ``MIN_DISTANCE`` (0.05: about what separates two held-out slices of one brain; a run with a single
+  training slice has no spread at all).
 
 The healthy reference stores, per heatmap path, the sorted top-window scores of held-out healthy
 slices and the score they are (``z`` or ``l1``); :func:`healthy_percentile` is the percentage of
@@ -62,9 +64,7 @@ FOV_FACTOR = 1.5
 VOXEL_FACTOR = 2.0
 DISTANCE_MARGIN = 1.5
 SMALL = 0.25
-#: what every warning ends with: what a valid input is
-VALID = "the bundle expects skull-stripped {axis} T1 slices of a whole brain with a background of 0"
-STRICT_HINT = "--strict refuses such inputs"
+MIN_DISTANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,6 @@ class SliceStats:
     fov_mm: float  # largest physical extent of the slice
     voxel_mm: float  # largest in-plane voxel size
     quantiles: tuple[float, ...]  # brain intensities after normalisation, at QUANTILES
-
-    def to_dict(self) -> dict:
-        return {"brain_fraction": round(self.brain_fraction, 4), "fov_mm": round(self.fov_mm, 3),
-                "voxel_mm": round(self.voxel_mm, 4)}
 
 
 def slice_stats(prep: Prepared) -> SliceStats | None:
@@ -216,8 +212,8 @@ def training_domain(images: np.ndarray, brains: np.ndarray, axis: str | None, fo
                 "fov_mm": [min(fovs), max(fovs)] if fovs else None,
                 "voxel_mm": [min(voxels), max(voxels)] if voxels else None}
     return Domain(axis, float(FRACTION_MARGIN * fractions.max()), tuple(float(v) for v in profile),
-                  float(DISTANCE_MARGIN * np.percentile(dists[whole], 99)),
-                  float(DISTANCE_MARGIN * np.percentile(dists, 99)), small, fov, voxel, training)
+                  max(MIN_DISTANCE, float(DISTANCE_MARGIN * np.percentile(dists[whole], 99))),
+                  max(MIN_DISTANCE, float(DISTANCE_MARGIN * np.percentile(dists, 99))), small, fov, voxel, training)
 
 
 def check_slice(stats: SliceStats | None, domain: Domain) -> dict[str, str]:

@@ -85,7 +85,8 @@ def test_the_demo_slices_are_inside_the_domain_with_a_healthy_percentile(tmp_pat
     for p in demo_slices()[:3]:
         s = json.loads((out / (p.name[:-7] + "_summary.json")).read_text())
         assert s["domain"] == {"checked": True, "warnings": []} and s["warnings"] == []
-        assert 0 <= s["healthy_percentile"] <= 100 and s["per_slice"][0]["healthy_percentile"] == s["healthy_percentile"]
+        assert 0 <= s["healthy_percentile"] <= 100
+        assert s["per_slice"][0]["healthy_percentile"] == s["healthy_percentile"]
     assert "warning" not in capsys.readouterr().err
 
 
@@ -145,6 +146,8 @@ def test_training_domain_limits_follow_the_training_spread():
     assert dom.brain_fraction_max == pytest.approx(1.25 * 0.25)
     assert dom.fov_mm == pytest.approx((200 / 1.5, 240 * 1.5)) and dom.voxel_mm_max == pytest.approx(2 * 240 / 32)
     assert len(dom.intensity_quantiles) == len(QUANTILES) and 0.5 < dom.intensity_quantiles[0] < 0.6
+    one = training_domain(images[:1], brains[:1], None)  # one slice: no spread, yet a usable limit
+    assert one.intensity_distance_max == one.intensity_distance_max_small == 0.05 and one.fov_mm is None
 
 
 def test_export_records_the_domain_and_healthy_reference(tiny_run, tmp_path):
