@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-index", type=int_at_least(0), default=None, metavar="N",
                    help="4D inputs: the volume to use (0-based), as in rlp-heatmap")
     p.add_argument("--neurological", action="store_true", help="overlays in the neurological convention")
+    p.add_argument("--strict", action="store_true",
+                   help="a volume outside the bundle's training domain fails (a failed row) instead of a warning")
     p.add_argument("--report-top", type=int_at_least(1), default=6, metavar="N",
                    help="volumes in the report's montage (default 6)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages on stderr")

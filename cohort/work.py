@@ -50,6 +50,7 @@ class Settings:
     save_window_map: bool = False
     volume_index: int | None = None
     neurological: bool = False
+    strict: bool = False
 
     def key(self, bundle_sha256: str) -> str:
         """The sha256 of the bundle's manifest sha256 and these settings: equal keys, equal outputs."""

@@ -13,6 +13,7 @@ bundles against.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,8 @@ from rlp.runtime import __version__ as RLP_VERSION
 from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.backends import ort_session_options
 from rlp.runtime.core.geometry import SCORES
+from rlp.runtime.core.nifti import AXES
+from rlp.runtime.core.domain import healthy_reference, training_domain
 from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
 from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
                                   model_key, model_path, model_shapes, sha256_file)
@@ -34,7 +37,7 @@ from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifes
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
 from rlp.runtime.core.progress import Reporter
-from .run import Run, RunModel, input_kind, input_side, load_run
+from .run import Run, RunModel, input_kind, input_side, load_run, source_geometry, training_slices
 
 #: role -> (input name, output name); the shapes are the manifest's model_shapes, the keys its model_key
 IO = {"g": ("image", "recon"), "r": ("image", "loss")}
@@ -61,6 +64,7 @@ class ExportOptions:
     parity_slices: int = 4
     parity_windows: int = 32
     map_windows: int = 4096
+    reference_slices: int = 32  # held-out healthy slices scored for the healthy reference (manifest domain)
     tolerances: Tolerances = field(default_factory=Tolerances)
 
     @property
@@ -197,8 +201,49 @@ def export_bundle(run_path: str | os.PathLike, opts: ExportOptions, reporter: Re
             rlp_version=RLP_VERSION,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        manifest.domain = _domain(run, manifest, tmp, opts.reference_slices, reporter)
         write_json(tmp / MANIFEST, manifest.to_dict())
     return manifest, result
+
+
+def _domain(run: Run, manifest: Manifest, folder: Path, n: int, reporter: Reporter) -> dict:
+    """The manifest's ``domain`` section (:mod:`rlp.runtime.core.domain`): the training domain, measured on the run's
+    dataset, and the healthy reference, scored through the runtime on the exported models."""
+    images, brains, source, note = training_slices(run)
+    if note:
+        reporter.line(f"note: {note}")
+    axis = run.provenance.get("axis") if run.provenance.get("axis") in AXES else None
+    fovs, voxels = source_geometry(run.provenance.get("sources") or [], axis) if axis else ([], [])
+    if not fovs:
+        reporter.line("note: the training volumes' headers are not readable here: field of view and voxel size "
+                      "are not checked by this bundle")
+    with reporter.step(f"training domain: {source}"):
+        aug = run.config.get("augment") if isinstance(run.config.get("augment"), dict) else {}
+        gamma = float(aug.get("gamma", 0.0) or 0.0) if aug.get("enabled", True) else 0.0
+        domain = training_domain(images, brains, axis, fovs, voxels, source, gamma, run.preprocessing.percentile)
+    return dataclasses.replace(domain, healthy=_healthy(run, manifest, folder, n, reporter)).to_dict()
+
+
+def _healthy(run: Run, manifest: Manifest, folder: Path, n: int, reporter: Reporter) -> dict:
+    """Each path's top-window scores on up to ``n`` held-out healthy slices (evenly spaced), through the runtime."""
+    from rlp.runtime.heatmap import Bundle
+
+    have = np.flatnonzero(run.brains.reshape(len(run.brains), -1).sum(axis=1) >= run.preprocessing.min_brain_pixels)
+    chosen = have[np.unique(np.linspace(0, len(have) - 1, min(n, len(have))).round().astype(int))] if n > 0 else []
+    out = {}
+    with Bundle(folder, manifest, "", backend="ort-cpu", precision="fp32") as bundle:
+        for path in manifest.paths():
+            tops = []
+            what = f"healthy reference: path {path}, {len(chosen)} held-out slices"
+            with reporter.step(what, len(chosen)) as advance:
+                for i in chosen:
+                    res = bundle.heatmap_slice(run.images[i], path=path, mask=run.brains[i])
+                    if not res.empty:
+                        tops.append(res.max_score)
+                    advance(1)
+            if tops:
+                out[path] = healthy_reference(tops, run.score)
+    return out
 
 
 def _plain(obj):

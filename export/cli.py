@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window positions per slice for the parity gate (default 32)")
     p.add_argument("--map-windows", type=_positive, default=4096, metavar="N",
                    help="most windows in the fp16 whole-slice window map; a coarser stride is used above it (default 4096)")
+    p.add_argument("--reference-slices", type=int_at_least(0), default=32, metavar="N",
+                   help="held-out healthy slices scored on every path for the healthy reference that puts each "
+                        "heatmap's top score in context (default 32; 0: none)")
     return p
 
 
@@ -65,7 +68,7 @@ def _export(args: argparse.Namespace) -> int:
     reporter = Reporter(quiet=args.quiet)
     opts = ExportOptions(out=args.out, fp16=args.fp16, trt=args.trt, models=args.models, opset=args.opset,
                          force=args.force, parity_slices=args.parity_slices, parity_windows=args.parity_windows,
-                         map_windows=args.map_windows)
+                         map_windows=args.map_windows, reference_slices=args.reference_slices)
     try:
         with reporter:
             manifest, result = export_bundle(args.run, opts, reporter)

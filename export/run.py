@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from rlp.runtime.core.errors import BadInput, InputMissing
+from rlp.runtime.core.errors import BadInput, InputMissing, RlpError
 from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.manifest import path_role, sha256_file
@@ -267,3 +267,61 @@ def _check_reads(model: RunModel, geometry: WindowGeometry, kind: InputKind) -> 
 def input_side(model: RunModel, geometry: WindowGeometry) -> int:
     """Side of the square the model reads (the contract written into the manifest)."""
     return geometry.for_input(input_kind(model, geometry)).input_size
+
+
+def dataset_of(run: Run) -> tuple[Path | None, str]:
+    """The run's prepared dataset (``data.path`` in its checkpoints, checked against ``data.sha256``), or None
+    and why not. A relative path is tried from here, then beside the run folder."""
+    recorded = run.provenance.get("path")
+    if not recorded:
+        return None, "the run records no dataset"
+    for p in (Path(recorded), run.path.parent / Path(recorded).name):
+        if p.is_file():
+            want = run.provenance.get("sha256")
+            if want and sha256_file(p) != want:
+                return None, f"{p} is not the dataset the run was trained on (sha256 differs)"
+            return p, ""
+    return None, f"the run's dataset {recorded} is not found"
+
+
+def source_geometry(sources: list, axis: str) -> tuple[list[float], list[float]]:
+    """Field of view (largest in-plane extent, mm) and largest in-plane voxel (mm) of each source volume along
+    ``axis``, from the NIfTI headers; sources no longer readable (or changed: sha256) are left out."""
+    import nibabel as nib
+
+    from rlp.runtime.core.nifti import AXES
+
+    fovs, voxels = [], []
+    for src in sources[:500]:
+        path = Path(str(src.get("image", ""))) if isinstance(src, dict) else None
+        if path is None or not path.is_file() or (src.get("sha256") and sha256_file(path) != src["sha256"]):
+            continue
+        try:
+            img = nib.load(str(path))
+            zooms, shape = img.header.get_zooms()[:3], img.shape[:3]
+            canonical = nib.io_orientation(img.affine)[:, 0]
+        except Exception:  # an unreadable header: that source says nothing about the domain
+            continue
+        plane = [i for i in range(min(3, len(shape))) if int(canonical[i]) != AXES[axis]]
+        fovs.append(max(float(shape[i]) * float(zooms[i]) for i in plane))
+        voxels.append(max(float(zooms[i]) for i in plane))
+    return fovs, voxels
+
+
+def training_slices(run: Run) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """The prepared slices the training domain is measured on: the dataset's train split when the run's dataset
+    is here (images, brains, what they are, a note), else the run's held-out slices (and a note saying so)."""
+    path, why = dataset_of(run)
+    if path is not None:
+        try:
+            from rlp.train.data import SliceData
+
+            data = SliceData(path)
+            idx = data.indices("train")
+            if len(idx):
+                return data.images[idx], data.brains[idx], f"{path}: train split ({len(idx)} slices)", ""
+            why = f"{path} has no train split"
+        except (ImportError, RlpError) as exc:
+            why = f"cannot read {path} ({exc})"
+    return run.images, run.brains, f"{RunFolder(run.path).heldout.name} ({len(run.images)} held-out slices)", \
+        f"{why}: the training domain is measured on the run's held-out slices"

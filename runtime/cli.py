@@ -21,14 +21,14 @@ from .coarse import NAME as COARSE
 from .coarse import CoarseToFine
 from .core.cliutil import OneLineParser, UsageError, int_at_least, report_internal_error, run_main
 from .core.files import identities, identity_index
-from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, CannotCreate, RlpError
+from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, BadInput, CannotCreate, RlpError
 from .core.geometry import SCORES
 from .inputs import LAYOUTS, list_inputs, output_folders
 from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
                       VolumeHeatmap, box_hits, default_bundle, demo_slices)
 from .core.manifest import path_role
 from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, out_of_memory, save_like
-from .overlay import MAX_PANELS, Panel, heat_label, panel_title, pick_slices, render
+from .overlay import MAX_PANELS, Panel, domain_note, heat_label, panel_title, percentile_text, pick_slices, render
 from .core.progress import progress
 
 PROG = "rlp-heatmap"
@@ -56,6 +56,14 @@ every set is complete and from one run.
 non-finite voxels (NaN/Inf): refused by default (the bundle's preprocessing policy);
 --nonfinite zero replaces them with 0 (background) and warns. Slices with no brain tissue,
 or with one value everywhere, get a heatmap of 0 and a warning.
+
+valid inputs: what the bundle was trained on (the demo bundle: skull-stripped T1 slices of a whole
+brain, background exactly 0, axial, about 1 mm voxels and a 150-350 mm field of view). A bundle that
+records its training domain checks every input against it (axis, brain fraction of the field of view,
+field of view, voxel size, brain intensity profile after normalisation); each failed check is a
+warning on stderr and in the summary's "warnings" and "domain", and the overlay says so; --strict
+refuses such an input instead (exit 65, no output). The summary, the overlay and the printed line
+give the top score as a percentile of the bundle's healthy held-out slices ("healthy_percentile").
 
 exit status: 0 all inputs done; otherwise the first failure's code: 2 usage, 65 bad input
 data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot create output,
@@ -152,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nonfinite", choices=NONFINITE, default=None,
                    help="NaN/Inf voxels: error (default, from the bundle) or zero (replace with 0 and warn)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an input that fails a training-domain check (exit 65, no output) instead of warning")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings or notes on stderr")
     p.add_argument("--json", action="store_true", help="print the summaries as one JSON list on stdout")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -191,6 +201,7 @@ def _panels(res: VolumeHeatmap) -> list[Panel]:
         c = vol.file_to_canonical_index(k, res.slices[i])
         r = res.results[i]
         title = panel_title(r.max_score, res.slices[i] if len(res.results) > 1 else None)
+        title += percentile_text(r.healthy_percentile)
         panels.append(Panel(np.take(vol.data, c, axis=k), np.take(res.canonical_heatmap, c, axis=k), spacing,
                             r.top[0].box if r.top else None, title, axcodes))
     return panels
@@ -303,12 +314,14 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
     finally:
         if task is not None:
             progress.remove_task(task)
+    if args.strict and res.domain_warnings:
+        raise BadInput(f"outside the bundle's training domain (--strict): {'; '.join(res.domain_warnings)}", inp)
     t1 = time.perf_counter()
     name = Path(inp).name
     score = {"z": "window z score |x - mu| / b", "l1": "window L1 loss"}.get(res.score, f"window {res.score} score")
     what = f"{score} (G)" if args.path == "g" else f"predicted {score} ({args.path.upper()})"
     png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=heat_label(what),
-                 with_input=True, radiological=not args.neurological)
+                 with_input=True, radiological=not args.neurological, note=domain_note(res.domain_warnings))
     summary = _summary(res, bundle, backend, args, outputs)
     summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
@@ -405,6 +418,7 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
                         _say(f"{inp}: warning: {w}")
                 top = report["top_windows"][0] if report["top_windows"] else None
                 where = f" at voxel {top['voxel']} ({top['world_mm']} mm)" if top else ""
+                where += percentile_text(report["healthy_percentile"])
                 _say(f"{inp}: max score {report['max_score']:.4g}{where} -> {report['outputs']['heatmap']} "
                      f"({report['timings']['total_s']:.1f} s)")
     if args.json:
@@ -425,7 +439,7 @@ def _demo_table(args) -> None:
     from rich.table import Table
 
     t = Table(title=f"rlp demo: path {args.path}, outputs in {args.out}")
-    for col in ("slice", "lesion", "max score", "top window (voxel)", "hits lesion"):
+    for col in ("slice", "lesion", "max score", "healthy pct", "top window (voxel)", "hits lesion"):
         t.add_column(col, no_wrap=True)
     hits = n = 0
     for inp in getattr(args, "done", args.inputs):  # only the inputs this call computed, never an earlier run's
@@ -439,16 +453,20 @@ def _demo_table(args) -> None:
         hits += hit
         n += 1
         t.add_row(Path(inp).name, nifti_stem(inp).rsplit("_", 1)[-1],  # the demo names end in the lesion's kind
-                  f"{rep['max_score']:.4g}", "-" if top is None else str([round(v) for v in top["voxel"]]),
-                  "yes" if hit else "no")
+                  f"{rep['max_score']:.4g}", _pct(rep.get("healthy_percentile")),
+                  "-" if top is None else str([round(v) for v in top["voxel"]]), "yes" if hit else "no")
     if n:
         t.caption = f"top window in the lesion: {hits}/{n}"
         console = Console()
         if not console.is_terminal:
-            console = Console(width=120)  # pipes and logs: no column truncation
+            console = Console(width=140)  # pipes and logs: no column truncation
         console.print(t)
         if args.bundle is None:  # the embedded demo bundle: its known weakness, where its user looks
             console.print(DEMO_WEAKNESS, soft_wrap=True, markup=False, highlight=False)
+
+
+def _pct(p: float | None) -> str:
+    return "-" if p is None else f"{p:.0f}"
 
 
 def backend_table() -> str:

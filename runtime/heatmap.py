@@ -49,6 +49,7 @@ import numpy as np
 from .backends import TABLE, Backend, CheckedModel, backend_info, check_model, create_backend, ort_sessions
 from .coarse import NAME as COARSE
 from .coarse import CoarseScorer, CoarseToFine
+from .core.domain import Domain, check_axis, check_slice, healthy_percentile, slice_stats, summarise
 from .core.errors import EX_USAGE, BadInput, InputMissing, RlpError
 from .core.geometry import SCORES, WindowGeometry
 from .core.manifest import (MANIFEST, PATH_PATTERN, REBUILD, Manifest, load_bundle_manifest, model_key,
@@ -129,6 +130,10 @@ class SliceHeatmap:
     resampler: Resampler | None = None
     #: an approximate method's settings and how many windows it scored exactly (None: every score is exact)
     approximate: dict | None = None
+    #: the training-domain checks this slice failed (:mod:`.domain`; check -> words), and its top score as a
+    #: percentile of the bundle's healthy slices (None: the bundle has no reference for this path and score)
+    domain: dict = field(default_factory=dict)
+    healthy_percentile: float | None = None
 
     @property
     def max_score(self) -> float:
@@ -150,6 +155,9 @@ class VolumeHeatmap:
     warnings: list[str]
     canonical_heatmap: np.ndarray  # same values on the canonical grid of volume.data
     score: str = "l1"  # the window score the values are (geometry.SCORES)
+    #: the training-domain checks it failed (:mod:`.domain`), also in ``warnings``; None: the bundle records no domain
+    domain_warnings: list[str] | None = None
+    healthy_percentile: float | None = None  # the top slice's top score as a percentile of healthy slices
 
     @property
     def axis_name(self) -> str:
@@ -184,9 +192,12 @@ class VolumeHeatmap:
                                               for r in self.results)},
             "max_score": self.max_score,
             "heatmap_max": float(self.heatmap.max()) if self.heatmap.size else 0.0,
+            "healthy_percentile": self.healthy_percentile,
+            "domain": {"checked": self.domain_warnings is not None, "warnings": list(self.domain_warnings or [])},
             "top_windows": [w.to_dict() for w in self.top],
             "per_slice": [{"slice": s, "max_score": r.max_score, "windows_evaluated": r.n_evaluated,
-                           "empty": r.empty} for s, r in zip(self.slices, self.results)],
+                           "empty": r.empty, "healthy_percentile": r.healthy_percentile}
+                          for s, r in zip(self.slices, self.results)],
             "timings": {k: round(t, 4) for k, t in self.timings.items()},
             "warnings": list(self.warnings),
         }
@@ -220,6 +231,8 @@ class Bundle:
         self._checked: dict[str, CheckedModel] = {}
         self._backends: dict[str, Backend] = {}
         self._scorers: dict[tuple[str, str], WindowScorer] = {}  # (path, method) -> its scorer, built once
+        #: the training domain and healthy reference (:mod:`.domain`); None: the manifest records none, no checks
+        self.domain = Domain.from_dict(manifest.domain) if manifest.domain is not None else None
         if manifest.preprocessing.size != manifest.geometry.size:
             raise BadInput(f"preprocessing size {manifest.preprocessing.size} != geometry size "
                            f"{manifest.geometry.size}; {REBUILD}", self.root / MANIFEST)
@@ -415,8 +428,19 @@ class Bundle:
         t2 = time.perf_counter()
         timings = {"preprocess_s": t_pre, "model_s": model_s, "windows_s": (t1 - t0) - model_s,
                    "postprocess_s": t2 - t1, "total_s": t_pre + (t2 - t0)}
-        return SliceHeatmap(pixel, wm, ev, model_map, top, int(ev.sum()), geom.n_windows, timings, warnings,
-                            prep.empty, prep.resampler, approximate)
+        res = SliceHeatmap(pixel, wm, ev, model_map, top, int(ev.sum()), geom.n_windows, timings, warnings,
+                           prep.empty, prep.resampler, approximate)
+        if self.domain is not None:
+            res.domain = check_slice(slice_stats(prep), self.domain)
+            res.warnings += list(res.domain.values())
+            if not prep.empty:
+                res.healthy_percentile = healthy_percentile(res.max_score, self.healthy(path))
+        return res
+
+    def healthy(self, path: str) -> dict | None:
+        """The bundle's healthy reference for ``path`` at this bundle's score (None: none recorded)."""
+        ref = (self.domain.healthy or {}).get(path) if self.domain is not None else None
+        return ref if ref and ref.get("score") == self.score else None
 
     def heatmap_volume(self, volume: Volume, *, axis: str = "axial", slice: int | None = None, path: str = "r",
                        all_windows: bool = False, top_k: int = DEFAULT_TOP_K, nonfinite: str | None = None,
@@ -479,6 +503,11 @@ class Bundle:
             warnings.append(f"approximate heatmap ({a['method']}, factor {a['factor']}, refine {a['refine']:g}): "
                             f"{sum(x['scored'] for x in approx)} of {sum(x['evaluated'] for x in approx)} windows "
                             "scored exactly, the others estimated between them; top windows are scored ones")
+        domain = None
+        if self.domain is not None:  # one warning per failed check, over the slices
+            axis_problem = check_axis(AXIS_NAMES[k], self.domain)
+            domain = ([axis_problem] if axis_problem else []) + list(summarise([r.domain for r in results]).values())
+            warnings += [f"outside the training domain: {w}" for w in domain]
         n_empty = sum(r.empty for r in results)
         if n_empty:
             what = "the slice holds" if len(results) == 1 else f"{n_empty} of {len(results)} slices hold"
@@ -490,8 +519,9 @@ class Bundle:
         timings = {key: sum(r.timings[key] for r in results) for key in ("preprocess_s", "model_s", "windows_s",
                                                                           "postprocess_s")}
         timings["total_s"] = time.perf_counter() - t_start
+        best = max(results, key=lambda r: r.max_score, default=None)
         return VolumeHeatmap(volume.to_file_grid(heat), volume, k, indices, results, top, path, timings,
-                             warnings, heat, self.score)
+                             warnings, heat, self.score, domain, best.healthy_percentile if best else None)
 
     def heatmap_nifti(self, file: str | Path, *, volume_index: int | None = None, **options) -> VolumeHeatmap:
         """:meth:`heatmap_volume` of a NIfTI file (2D, 3D, or 4D with one volume, or the volume

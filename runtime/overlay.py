@@ -245,11 +245,34 @@ def panels_figure(panels: Sequence[Panel], *, title: str = "", label: str = "win
 
 
 def render(panels: Sequence[Panel], *, title: str = "", label: str = "window loss",
-           with_input: bool = True, radiological: bool = True) -> bytes:
+           with_input: bool = True, radiological: bool = True, note: str = "") -> bytes:
     """PNG bytes of the panels (in a grid); ``with_input`` (default) shows each slice also without the
-    heatmap, beside it; ``radiological`` (default) puts the patient's left on the picture's right."""
-    return png_bytes(panels_figure(panels, title=title, label=label, with_input=with_input,
-                                   radiological=radiological))
+    heatmap, beside it; ``radiological`` (default) puts the patient's left on the picture's right; ``note``:
+    a warning line under the panels (:func:`domain_note`)."""
+    fig = panels_figure(panels, title=title, label=label, with_input=with_input, radiological=radiological)
+    if note:
+        _draw_note(fig, note)
+    return png_bytes(fig)
+
+
+def percentile_text(percentile: float | None) -> str:
+    """A score's context for a title: its percentile among the bundle's healthy slices (empty without one)."""
+    return "" if percentile is None else f"  (healthy p{percentile:.0f})"
+
+
+def domain_note(warnings: Sequence[str] | None) -> str:
+    """The overlay's warning line for an input outside the bundle's training domain (empty when inside)."""
+    if not warnings:
+        return ""
+    more = f" (+{len(warnings) - 1} more, see the summary)" if len(warnings) > 1 else ""
+    return f"WARNING: not what the model was trained on: {warnings[0]}{more}"
+
+
+def _draw_note(fig, note: str) -> None:
+    import textwrap
+
+    fig.subplots_adjust(bottom=0.14)
+    fig.text(0.01, 0.01, textwrap.fill(note, 110), fontsize=7, color="red", ha="left", va="bottom")
 
 
 def save_overlay(path: str | os.PathLike, panels: Sequence[Panel], *, force: bool = True, **kw) -> Path:

@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .domain import domain_problem
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, SecurityRefusal
 from .geometry import SCORES, WindowGeometry, window_positions
 from .preprocess import CEILINGS, Preprocessing
@@ -160,6 +161,9 @@ class Manifest:
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)
+    #: optional (:mod:`.domain`): the training domain and the healthy reference; None in bundles made before it,
+    #: which load as before and skip the domain checks
+    domain: dict | None = None
     engines: list[EngineEntry] = field(default_factory=list)
     rlp_version: str = ""
     created: str = ""
@@ -186,6 +190,7 @@ class Manifest:
             "training": self.training,
             "data": self.data,
             "parity": self.parity,
+            **({"domain": self.domain} if self.domain is not None else {}),
         }
 
     @classmethod
@@ -216,6 +221,7 @@ class Manifest:
                 training=d.get("training", {}),
                 data=d.get("data", {}),
                 parity=d.get("parity", {}),
+                domain=d.get("domain"),
                 engines=[EngineEntry(**e) for e in d.get("engines", [])],
                 rlp_version=d.get("rlp_version", ""),
                 created=d.get("created", ""),
@@ -320,6 +326,8 @@ def _schema_problem(d: dict) -> str | None:
             problem = _fields_problem(x, _FILE, f"models.{key}.external_data")
             if problem:
                 return problem
+    if d.get("domain") is not None and (problem := domain_problem(d["domain"])):
+        return problem
     engines = d.get("engines", [])
     if not isinstance(engines, list):
         return "engines is not a list"
