@@ -1,6 +1,6 @@
 """rlp.runtime: the torch-free bottom layer (contracts, NIfTI I/O, bundles, heatmaps).
 
-This package must never import torch; ``tests/test_layering.py`` proves it.
+This package must never import torch; ``tests/project/test_layering.py`` proves it.
 
 Heatmaps from Python::
 
