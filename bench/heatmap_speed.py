@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import Bundle
-from rlp.runtime.core.geometry import WindowGeometry, iter_batches
 from rlp.runtime.backends import ort_session_options
+from rlp.runtime.core.geometry import WindowGeometry, iter_batches
+from rlp.runtime.core.preprocess import preprocess_slice
 from rlp.runtime.heatmap import METHODS
 from rlp.runtime.scorers import model_geometry
-from rlp.runtime.core.preprocess import preprocess_slice
 
 from .paper_r import paper_r_bundle
 

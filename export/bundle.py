@@ -25,18 +25,29 @@ import onnxruntime as ort
 import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
-from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.backends import ort_session_options
-from rlp.runtime.core.geometry import SCORES
-from rlp.runtime.core.nifti import AXES
+from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.core.domain import healthy_reference, training_domain
 from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
-from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
-                                  model_key, model_path, model_shapes, sha256_file)
+from rlp.runtime.core.geometry import SCORES
+from rlp.runtime.core.manifest import (
+    MANIFEST,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Manifest,
+    ModelEntry,
+    TensorSpec,
+    file_entry_fields,
+    model_key,
+    model_path,
+    model_shapes,
+    sha256_file,
+)
+from rlp.runtime.core.nifti import AXES
+from rlp.runtime.core.progress import Reporter
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
-from rlp.runtime.core.progress import Reporter
 from .run import Run, RunModel, input_kind, input_side, load_run, source_geometry, training_slices
 
 #: role -> (input name, output name); the shapes are the manifest's model_shapes, the keys its model_key

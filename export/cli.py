@@ -16,7 +16,6 @@ from pathlib import Path
 from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.core.manifest import PATH_PATTERN
 
-
 PROG = "rlp-export"
 
 
@@ -61,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from rlp.runtime.core.progress import Reporter
+
     from .bundle import ExportOptions, ParityFailure, export_bundle
     from .parity import table
-    from rlp.runtime.core.progress import Reporter
 
     reporter = Reporter(quiet=args.quiet)
     opts = ExportOptions(out=args.out, fp16=args.fp16, trt=args.trt, models=args.models, opset=args.opset,

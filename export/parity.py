@@ -41,9 +41,8 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.scorers import score_windows
-
 from rlp.runtime.core.progress import Reporter
+from rlp.runtime.scorers import score_windows
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

@@ -19,9 +19,9 @@ from torch import nn
 from rlp.runtime.core.errors import BadInput, InputMissing, RlpError
 from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.kinds import InputKind, PredictorKind
 from rlp.runtime.core.manifest import path_role, sha256_file
 from rlp.runtime.core.preprocess import Preprocessing
-from rlp.runtime.core.kinds import InputKind, PredictorKind
 from rlp.runtime.core.runfolder import MODEL_STAGES, RunFolder
 from rlp.train.checkpoint import load_checkpoint
 from rlp.train.models import ScaledOutput, build, target_scale

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def mni_tiny(tmp_path_factory) -> Path:
     """The real MNI152 template, prepared at 32x32 (about 2 s)."""
@@ -64,7 +65,6 @@ def _probe_gpu(kind: str) -> str | None:
             backends.compute_capability(cudart)
             return None
         from helpers.runtime import make_bundle
-
         from rlp.runtime.heatmap import Bundle
 
         old_cache = os.environ.get("RLP_TRT_CACHE")

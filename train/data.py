@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import __version__
-from rlp.runtime.inputs import nifti_files
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
 from rlp.runtime.core.manifest import sha256_file
 from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem
 from rlp.runtime.core.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.core.progress import progress
+from rlp.runtime.inputs import nifti_files
 
 from .prepare_report import is_label, split_counts, subject_rule, warn
 

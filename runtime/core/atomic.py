@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import tempfiles
-from .tempfiles import ident as _ident
 from .errors import CannotCreate, RlpError
+from .tempfiles import ident as _ident
 
 try:
     import fcntl

@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 
 from .errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, RlpError
 
-
 EX_TERMINATED = 128 + signal.SIGTERM
 #: optional dependencies, and how to install them (the README's Install table)
 _TRAIN = "pip install torch==2.13.0 && pip install -e '.[cpu,train]'"

@@ -21,7 +21,6 @@ import numpy as np
 
 from .errors import BadInput
 
-
 PAINT = ("box", "tissue")
 #: G's window scores (a bundle's manifest names its own in ``loss.kind``): the paper's L1 of the
 #: reconstruction, or a Laplace G's calibrated error |x - mu| / b (both means over the box)

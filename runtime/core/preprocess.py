@@ -37,7 +37,6 @@ from scipy import ndimage
 
 from .errors import BadInput
 
-
 #: normalisation versions (what a manifest's preprocessing.version names): the percentile of brain voxels each
 #: divides by unless told otherwise, and the ceiling each clips to
 PERCENTILES = {1: 99.5, 2: 90.0}

@@ -10,11 +10,11 @@ import pytest
 
 from helpers.runtime import write_nifti
 from rlp.runtime.cli import main
-from rlp.runtime.core.domain import Domain, QUANTILES, healthy_percentile, healthy_reference, training_domain
+from rlp.runtime.core.domain import QUANTILES, Domain, healthy_percentile, healthy_reference, training_domain
 from rlp.runtime.core.errors import EX_DATAERR, BadInput
-from rlp.runtime.heatmap import Bundle, default_bundle, demo_slices
 from rlp.runtime.core.manifest import MANIFEST, load_bundle_manifest
 from rlp.runtime.core.nifti import load_nifti
+from rlp.runtime.heatmap import Bundle, default_bundle, demo_slices
 
 CLEAN = "mni152_axial048_dark-uniform"
 

@@ -25,9 +25,9 @@ def test_model_shapes_by_role_and_input_kind(role, kind, channels, out):
 def test_the_runtime_checks_a_bundle_against_model_shapes(tmp_path, monkeypatch):
     """The reader's expectation is model_shapes (not a second computation): change it and a good bundle is refused."""
     import rlp.runtime.heatmap
+    from helpers.runtime import make_bundle
     from rlp.runtime.core.errors import BadInput
     from rlp.runtime.heatmap import Bundle
-    from helpers.runtime import make_bundle
 
     root = make_bundle(tmp_path / "b")
     Bundle.load(root).checked_model("r")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from helpers.runtime import make_bundle
 from rlp.runtime.core import manifest as manifest_mod
 from rlp.runtime.core.errors import BadInput, SecurityRefusal
 from rlp.runtime.core.manifest import json_depth, load_bundle_manifest
-from helpers.runtime import make_bundle
 
 
 def test_json_depth_counts_brackets_outside_strings():

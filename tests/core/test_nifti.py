@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
-from rlp.runtime.core.nifti import _invert_ornt, load_nifti, volume_from_array
 from helpers.runtime import ORIENTATIONS, make_bundle, phantom, run_heatmap, write_nifti
+from rlp.runtime.core.nifti import _invert_ornt, load_nifti, volume_from_array
 
 
 @pytest.fixture(scope="module")

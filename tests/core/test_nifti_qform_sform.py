@@ -13,10 +13,10 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
-
-from rlp.runtime.core.nifti import load_nifti, save_like
-from helpers.runtime import ORIENTATIONS, make_bundle, phantom, write_nifti
 from test_nifti import _heatmap
+
+from helpers.runtime import ORIENTATIONS, make_bundle, phantom, write_nifti
+from rlp.runtime.core.nifti import load_nifti, save_like
 
 CODES = (0, 1, 2, 4)
 PAIRS = list(itertools.product(CODES, CODES))

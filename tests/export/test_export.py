@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from scipy import ndimage
 from torch.nn import functional as F
 
+from helpers.runs import GEOMETRY, leftovers, make_run, randomise_batchnorm, synthetic_slices, tiny_g, tiny_r
 from rlp.export import parity as parity_mod
 from rlp.export.bicubic import Bicubic2x, swap_bicubic, upsample_matrix
 from rlp.export.cli import main
@@ -25,10 +25,8 @@ from rlp.export.onnx_export import STANDARD_DOMAINS, fold_conv_bn, get_metadata,
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.manifest import load_bundle_manifest, sha256_file
-from rlp.runtime.core.preprocess import Preprocessing
-from rlp.train.checkpoint import save_checkpoint
-from rlp.train.models import CropR, PaperR, UNetG, Upsample
-from helpers.runs import GEOMETRY, leftovers, make_run, randomise_batchnorm, synthetic_slices, tiny_g, tiny_r
+from rlp.train.models import PaperR, UNetG, Upsample
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:

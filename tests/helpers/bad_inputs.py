@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT
 from helpers.runtime import phantom, write_nifti
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT
 
 VOL = phantom((24, 28, 3))
 AFF = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from helpers.process import run_python
-from rlp.runtime.heatmap import default_bundle, demo_slices
 from rlp.runtime.core.manifest import load_bundle_manifest
+from rlp.runtime.heatmap import default_bundle, demo_slices
 
 pytestmark = pytest.mark.skipif(default_bundle() is None, reason="this checkout ships no demo bundle")
 

@@ -22,12 +22,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers.runtime import assert_clean_failure, make_bundle, phantom, run_heatmap, write_nifti
 from rlp.runtime.core import atomic
 from rlp.runtime.core.atomic import file_lock
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_OK, BadInput
-from rlp.runtime.heatmap import Bundle
 from rlp.runtime.core.manifest import load_bundle_manifest
-from helpers.runtime import assert_clean_failure, make_bundle, phantom, run_heatmap, write_nifti
+from rlp.runtime.heatmap import Bundle
 
 N_PROCS = 3
 STEMS = ("a", "b", "c", "d", "e", "f")  # more sets, more chances for two runs to publish one at once

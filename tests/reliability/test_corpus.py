@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.bad_inputs import BAD
+from helpers.runtime import make_bundle, outputs_of, phantom, run_heatmap, write_nifti
 from rlp.runtime.core.errors import EX_DATAERR
 from rlp.runtime.core.nifti import nifti_suffix
-from helpers.runtime import make_bundle, outputs_of, phantom, run_heatmap, write_nifti
-from helpers.bad_inputs import BAD
 
 VOL = phantom((20, 22, 3))
 AFF = np.diag([1.0, 1.0, 2.0, 1.0])

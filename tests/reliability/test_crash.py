@@ -17,8 +17,8 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers.runtime import synthetic_volume, write_nifti
 from helpers.reliability import killed, run_child
+from helpers.runtime import synthetic_volume, write_nifti
 from rlp.runtime.core.errors import RlpError
 
 
@@ -104,10 +104,10 @@ def test_folder_replacement_killed_at_every_point_leaves_old_or_new(tmp_path):
 
 def test_rlp_export_killed_at_the_swap_keeps_the_previous_bundle(tmp_path):
     pytest.importorskip("torch")
-    from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.core.manifest import load_bundle_manifest
-    from helpers.runtime import make_bundle, phantom
     from helpers.runs import make_run, tiny_r
+    from helpers.runtime import make_bundle, phantom
+    from rlp.runtime.core.manifest import load_bundle_manifest
+    from rlp.runtime.heatmap import Bundle
 
     run = make_run(tmp_path / "run", r=tiny_r(), n_slices=1)
     out = make_bundle(tmp_path / "bundle")

@@ -15,10 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from helpers.runtime import synthetic_volume, write_nifti
 from helpers.reliability import run_child
+from helpers.runtime import make_bundle, phantom, synthetic_volume, write_nifti
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, RlpError
-from helpers.runtime import make_bundle, phantom
 
 
 def _one_clean_line(err: str, prog: str, *words: str) -> None:
@@ -77,8 +76,8 @@ def test_disk_full_during_export_leaves_no_bundle(tmp_path, monkeypatch, capsys)
     pytest.importorskip("torch")
     from pathlib import Path
 
-    from rlp.export.cli import main
     from helpers.runs import leftovers, make_run, tiny_r
+    from rlp.export.cli import main
 
     run = make_run(tmp_path / "run", r=tiny_r(), n_slices=1)
     real = Path.write_bytes

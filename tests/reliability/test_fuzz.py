@@ -58,9 +58,9 @@ def test_only_rlp_errors_escape_the_loaders_under_a_memory_cap(kind, n):
 ])
 def test_mistyped_manifest_fields_found_by_fuzzing_are_refused(tmp_path, where, value):
     """Regressions: each of these once escaped as TypeError/ValueError/MemoryError instead of a clean refusal."""
+    from helpers.runtime import edit_manifest, make_bundle, phantom
     from rlp.runtime.core.errors import EX_DATAERR, RlpError
     from rlp.runtime.heatmap import Bundle
-    from helpers.runtime import edit_manifest, make_bundle, phantom
 
     def mutate(d):
         for k in where[:-1]:
@@ -109,9 +109,9 @@ def _nifti_case():
     import nibabel as nib
     from hypothesis import strategies as st
 
-    from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.core.nifti import load_nifti
     from helpers.runtime import make_bundle, phantom, write_nifti
+    from rlp.runtime.core.nifti import load_nifti
+    from rlp.runtime.heatmap import Bundle
 
     tmp = Path(tempfile.mkdtemp())
     bundle = Bundle.load(make_bundle(tmp / "b"), backend="ort-cpu", threads=1)
@@ -161,9 +161,9 @@ def _nifti_case():
 def _bundle_case():
     from hypothesis import strategies as st
 
-    from rlp.runtime.heatmap import Bundle
-    from rlp.runtime.core.manifest import sha256_file
     from helpers.runtime import make_bundle, phantom
+    from rlp.runtime.core.manifest import sha256_file
+    from rlp.runtime.heatmap import Bundle
 
     tmp = Path(tempfile.mkdtemp())
     src = make_bundle(tmp / "src")

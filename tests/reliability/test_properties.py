@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nibabel import orientations as nio
 
-from rlp.runtime.heatmap import Bundle
-from rlp.runtime.core.nifti import _invert_ornt, load_nifti, save_like
 from helpers.runtime import make_bundle, oblique_affine, phantom, write_nifti
+from rlp.runtime.core.nifti import _invert_ornt, load_nifti, save_like
+from rlp.runtime.heatmap import Bundle
 
 EXAMPLES = max(50, int(os.environ.get("RLP_FUZZ_EXAMPLES", "0")) // 4)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from rlp.runtime.core.errors import EX_DATAERR, EX_NOPERM
 from helpers.runtime import custom_domain_model, make_bundle, phantom, r_model, replace_model, run_heatmap, write_nifti
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOPERM
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("runtime", "train", "export", "bench")
@@ -52,8 +52,8 @@ def test_resume_from_a_pickled_code_checkpoint_is_refused_without_side_effect(tm
 
 def test_a_pickled_heldout_npz_is_refused_without_side_effect(tmp_path, capsys):
     pytest.importorskip("torch")
-    from rlp.export.cli import main
     from helpers.runs import make_run, tiny_r
+    from rlp.export.cli import main
 
     marker = tmp_path / "pwned"
     run = make_run(tmp_path / "run", r=tiny_r(), n_slices=1)

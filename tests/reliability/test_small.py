@@ -27,8 +27,8 @@ def test_a_dangling_link_at_an_output_name_is_not_replaced_without_force(tmp_pat
     import os
 
     from helpers.process import run_python
-    from rlp.runtime.core.errors import EX_CANTCREAT
     from helpers.runtime import make_bundle, phantom, write_nifti
+    from rlp.runtime.core.errors import EX_CANTCREAT
 
     b = make_bundle(tmp_path / "b")
     f = write_nifti(tmp_path / "s.nii.gz", phantom((40, 40)))

@@ -8,13 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlp.runtime import backends
-from rlp.runtime.backends import (AUTO_ORDER, BACKENDS, GPU_BACKENDS, TABLE, Backend, BackendInfo, backend_info,
-                                  create_backend, markdown_table, ort_session_options, register_backend)
-from rlp.runtime.core.errors import EX_USAGE, RlpError
-from rlp.runtime.heatmap import Bundle
-from rlp.runtime.core.manifest import model_key, model_path
 from helpers.runtime import make_bundle, phantom, run_heatmap
+from rlp.runtime import backends
+from rlp.runtime.backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    GPU_BACKENDS,
+    TABLE,
+    Backend,
+    BackendInfo,
+    backend_info,
+    create_backend,
+    markdown_table,
+    ort_session_options,
+    register_backend,
+)
+from rlp.runtime.core.errors import EX_USAGE, RlpError
+from rlp.runtime.core.manifest import model_key, model_path
+from rlp.runtime.heatmap import Bundle
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -8,19 +8,17 @@ succeeds with a warning in the summary.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tracemalloc
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT
 from helpers.bad_inputs import AFF, BAD, VOL, good_nifti, gzip_bomb, truncate, with_header
-from helpers.runtime import assert_clean_failure, make_bundle, outputs_of, phantom, run_heatmap, write_nifti
+from helpers.runtime import assert_clean_failure, make_bundle, outputs_of, run_heatmap, write_nifti
+from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT
 
 
 @pytest.fixture(scope="module")

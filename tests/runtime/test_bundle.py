@@ -7,17 +7,26 @@ import os
 import types
 
 import numpy as np
-import onnx
 import pytest
 
+from helpers.runtime import (
+    assert_clean_failure,
+    assert_refused,
+    custom_domain_model,
+    edit_manifest,
+    external_bundle,
+    make_bundle,
+    phantom,
+    r_model,
+    replace_model,
+    run_slice,
+    write_nifti,
+)
 from rlp.runtime import backends
 from rlp.runtime.backends import Backend, check_model, create_backend
 from rlp.runtime.core.errors import EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_SOFTWARE, EX_USAGE, RlpError, Unavailable
-from rlp.runtime.heatmap import Bundle
 from rlp.runtime.core.manifest import sha256_file
-from helpers.runtime import (assert_clean_failure, assert_refused, custom_domain_model, edit_manifest, external_bundle,
-                             externalize, g_model, make_bundle, phantom, r_model, replace_model, run_heatmap, run_slice,
-                             write_nifti)
+from rlp.runtime.heatmap import Bundle
 
 
 @pytest.fixture()

@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from helpers.runtime import make_bundle, run_heatmap, write_nifti
 from rlp.bench import report as rep
 from rlp.runtime.coarse import CoarseToFine, coarse_to_fine, estimate, lattice
 from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.heatmap import Bundle
-
-from helpers.runtime import make_bundle, run_heatmap, write_nifti
 
 POS = np.arange(0, 61 * 2, 2)  # the demo's window positions: 61 per axis, stride 2
 

@@ -18,8 +18,8 @@ import pytest
 
 from helpers.process import run_python
 from rlp.runtime.core.errors import EX_DATAERR, BadInput
-from rlp.runtime.heatmap import Bundle
 from rlp.runtime.core.manifest import load_bundle_manifest
+from rlp.runtime.heatmap import Bundle
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 V1 = DATA / "v1"

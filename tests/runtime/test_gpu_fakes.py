@@ -21,14 +21,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import conftest
+from helpers.runtime import edit_manifest, make_bundle
 from rlp.export import tensorrt as export_trt
 from rlp.runtime import backends
 from rlp.runtime.backends import check_model, create_backend, ort_sessions
 from rlp.runtime.core.errors import EX_DATAERR, EX_SOFTWARE, BadInput, RlpError, Unavailable
+from rlp.runtime.core.manifest import sha256_file
 from rlp.runtime.heatmap import Bundle
 from rlp.runtime.incremental import IncrementalScorer, read_model
-from rlp.runtime.core.manifest import sha256_file
-from helpers.runtime import edit_manifest, make_bundle
 
 H2D, D2H = "cudaMemcpyAsync(H2D)", "cudaMemcpyAsync(D2H)"
 LOAD = ["cudaGetDeviceCount", "cudaGetDeviceProperties", "Runtime", "deserialize_cuda_engine",

@@ -16,12 +16,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers.runtime import (
+    assert_clean_failure,
+    make_bundle,
+    outputs_of,
+    phantom,
+    reference_scores,
+    run_heatmap,
+    write_nifti,
+)
 from rlp.runtime import Bundle, score_windows
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_DATAERR, EX_INTERRUPTED, EX_USAGE
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.preprocess import preprocess_slice
-from helpers.runtime import (assert_clean_failure, make_bundle, outputs_of, phantom, reference_scores, run_heatmap,
-                             write_nifti)
 
 
 @pytest.fixture(scope="module")

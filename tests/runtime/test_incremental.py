@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers.runtime import make_bundle, run_heatmap, write_nifti
 from rlp.bench import report as rep
 from rlp.bench.paper_r import paper_r_bundle
 from rlp.runtime.core.errors import EX_USAGE, RlpError
@@ -22,8 +23,6 @@ from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle, score_windows
 from rlp.runtime.incremental import HOWS, IncrementalScorer, read_chain
 from rlp.runtime.scorers import PlainScorer
-
-from helpers.runtime import make_bundle, run_heatmap, write_nifti
 
 TOL = 1e-6  # the milestone's bar for fp32 outputs
 GEOM = WindowGeometry(size=30, window=6, stride=4, fill=0.9)  # 7x7 windows, the last ones touch the border

@@ -8,9 +8,9 @@ import os
 import pytest
 
 from helpers.process import run_python
+from helpers.runtime import make_bundle, phantom, write_nifti
 from rlp.runtime.core.atomic import NAME_MAX, atomic_path, temp_prefix
 from rlp.runtime.core.errors import EX_CANTCREAT
-from helpers.runtime import make_bundle, phantom, write_nifti
 
 
 def test_temp_prefix_fits_and_keeps_long_names_apart():

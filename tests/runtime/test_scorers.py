@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_incremental import GEOM, _image, strided
 
+from helpers.runtime import make_bundle, phantom, r_model
 from rlp.runtime.backends import ort_sessions
 from rlp.runtime.coarse import CoarseScorer, CoarseToFine
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle, box_hits
 from rlp.runtime.incremental import IncrementalScorer
 from rlp.runtime.scorers import PlainScorer, WindowScorer, score_windows
-from helpers.runtime import make_bundle, phantom, r_model
-from test_incremental import GEOM, _image, strided
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 

@@ -15,9 +15,9 @@ from helpers.process import run_python  # noqa: E402
 from rlp.export.cli import main as export_main  # noqa: E402
 from rlp.runtime.core.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.core.geometry import WindowGeometry  # noqa: E402
+from rlp.runtime.core.manifest import load_bundle_manifest  # noqa: E402
 from rlp.runtime.core.preprocess import Preprocessing, preprocess_slice  # noqa: E402
 from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
-from rlp.runtime.core.manifest import load_bundle_manifest  # noqa: E402
 from rlp.train import models  # noqa: E402
 from rlp.train.checkpoint import load_checkpoint  # noqa: E402
 from rlp.train.config import resolve  # noqa: E402
