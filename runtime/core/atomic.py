@@ -324,7 +324,7 @@ def atomic_set(outputs: dict[str, str | os.PathLike], *, force: bool = False,
         key = None
         try:
             mode = _umask_mode()
-            for key, tmp in staged.temps.items():
+            for key, tmp in staged.temps.items():  # noqa: B007 (key: the file the except below names)
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.chmod(tmp, mode)  # mkstemp makes 0600; give the file the usual mode

@@ -49,21 +49,12 @@ class TensorSpec:
 PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
 
 
-#: precision -> the suffix of a model's key (and file stem) in a bundle: the one home of the ``_fp16`` rule
-PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
-
-
-def model_key(path: str, precision: str = "fp32") -> str:
-    """The key of the model serving heatmap path ``path`` at ``precision`` (``r`` at fp16 is ``r_fp16``)."""
-    return path + PRECISION_SUFFIX[precision]
-
-
 def model_path(key: str) -> str:
     """The heatmap path a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
     return key.split("_", 1)[0]
 
 
-#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle
+#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle: the one home of the ``_fp16`` rule
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
 
 

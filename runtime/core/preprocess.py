@@ -109,7 +109,7 @@ class Resampler:
         extent = [n * s for n, s in zip(self.shape, sp)]
         e = max(extent)
         scale, offset = [], []
-        for n, s, ea in zip(self.shape, sp, extent):
+        for s, ea in zip(sp, extent):
             # model index i (pixel centre) -> physical (i + .5) e / N - (e - ea) / 2 -> input index / s - .5
             a = e / self.size / s
             b = (0.5 * e / self.size - (e - ea) / 2.0) / s - 0.5

@@ -15,7 +15,7 @@ def _heldout(folder, n=6, size=64):
     yy, xx = np.mgrid[:size, :size]
     brains, images = [], []
     rng = np.random.default_rng(0)
-    for i in range(n):
+    for _ in range(n):
         b = ((yy - size / 2) ** 2 / (0.42 * size) ** 2 + (xx - size / 2) ** 2 / (0.36 * size) ** 2) < 1
         brains.append(b)
         images.append(np.where(b, 0.6 + 0.4 * rng.random((size, size)), 0).astype(np.float32))
