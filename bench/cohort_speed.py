@@ -46,7 +46,8 @@ def make_volumes(folder: Path, n: int, depth: int) -> list[Path]:
 
 
 def measure(name: str, folder: Path, out: Path, extra: list[str], bundle: str | None, path: str) -> dict:
-    argv = [str(folder), "--out", str(out), "--path", path, "--quiet", *extra] + (["--bundle", bundle] if bundle else [])
+    argv = [str(folder), "--out", str(out), "--path", path, "--quiet", *extra]
+    argv += ["--bundle", bundle] if bundle else []
     args = build_parser().parse_args(argv)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -65,7 +66,8 @@ def measure(name: str, folder: Path, out: Path, extra: list[str], bundle: str | 
     return {"time_split": {k: round(v / max(own, 1e-9), 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
             "config": name, "volumes": len(done), "failed": result["failed"], "slices": slices,
             "wall_s": round(wall, 2), "volumes_per_min": round(60 * len(done) / wall, 2),
-            "slices_per_s": round(slices / wall, 2), "median_volume_s": round(statistics.median(r["seconds"] for r in done), 3),
+            "slices_per_s": round(slices / wall, 2),
+            "median_volume_s": round(statistics.median(r["seconds"] for r in done), 3),
             "overhead_s": round(wall - own / workers, 2), "load_before": round(load0, 2),
             "load_after": round(os.getloadavg()[0], 2)}
 
@@ -101,7 +103,8 @@ def main(argv=None) -> int:
                 rows[-1]["ray_init_s"] = round(ray_start, 2)
                 ray.shutdown()
             print(json.dumps(rows[-1]), flush=True)
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "python": platform.python_version(),
            "volumes": args.volumes, "depth": args.depth, "path": args.path}
     (out / "cohort_speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = ["| configuration | volumes | slices | wall s | volumes/min | slices/s | median s/volume | overhead s | "

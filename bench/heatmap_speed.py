@@ -51,7 +51,8 @@ def _slice(path: str | None) -> tuple[np.ndarray, tuple[float, float]]:
     return vol.get_slice(k, n // 2)
 
 
-def plain_ort(model_file: Path, image: np.ndarray, geom: WindowGeometry, batch: int, threads: int | None) -> tuple[float, np.ndarray]:
+def plain_ort(model_file: Path, image: np.ndarray, geom: WindowGeometry, batch: int,
+              threads: int | None) -> tuple[float, np.ndarray]:
     """Seconds for every window of ``image`` (model grid) through a bare onnxruntime session, and the scores."""
     import onnxruntime as ort
 
@@ -68,7 +69,8 @@ def plain_ort(model_file: Path, image: np.ndarray, geom: WindowGeometry, batch: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlp.bench.heatmap_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", nargs="?", help="bundle folder with an R model")
-    p.add_argument("--write-paper-r", metavar="DIR", help="write a bundle with the paper's R (random weights) and use it")
+    p.add_argument("--write-paper-r", metavar="DIR",
+                   help="write a bundle with the paper's R (random weights) and use it")
     p.add_argument("--input", help="NIfTI file: its middle axial slice (default: a synthetic 256x256 slice)")
     p.add_argument("--batches", default="32,64", help="batch sizes to try (default 32,64)")
     p.add_argument("--threads", type=int, default=None)
@@ -93,8 +95,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         plain_maps = {}
         for b in batches:
-            best = min((plain_ort(bundle.root / entry.file, prep.image, geom, b, args.threads) for _ in range(args.repeat)),
-                       key=lambda r: r[0])
+            runs = (plain_ort(bundle.root / entry.file, prep.image, geom, b, args.threads) for _ in range(args.repeat))
+            best = min(runs, key=lambda r: r[0])
             plain_maps[b] = best[1]
             rows.append({"what": "plain onnxruntime", "batch": b, "seconds": round(best[0], 3)})
             print(f"plain onnxruntime  batch {b:4d}: {best[0]:8.2f} s", file=sys.stderr)

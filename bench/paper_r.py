@@ -26,7 +26,8 @@ def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
 
     def conv(x, cin, cout, k, stride, pad, name):
         w = rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")])
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"),
+                      numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")])
         nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], kernel_shape=[k, k],
                                       strides=[stride, stride], pads=[pad] * 4))
         return name
@@ -47,7 +48,8 @@ def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
     x = op("LeakyRelu", x, "act12", alpha=0.2)
     x = op("Sigmoid", conv(x, 512, 1, 4, 1, 1, "conv13"), "sig14")
     op("Flatten", x, "loss", axis=1)
-    graph = helper.make_graph(nodes, "paper_r", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 256, 256])],
+    graph = helper.make_graph(nodes, "paper_r",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 256, 256])],
                               [helper.make_tensor_value_info("loss", TensorProto.FLOAT, ["batch", 1])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="rlp-bench")
     model.ir_version = 8
@@ -58,7 +60,8 @@ def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
     onnx.save_model(model, str(folder / "r.onnx"))
     entry = ModelEntry(role="r", file="r.onnx", **file_entry_fields(folder / "r.onnx"),
                        inputs=[TensorSpec("image", ["batch", 1, 256, 256])], outputs=[TensorSpec("loss", ["batch", 1])],
-                       opset=17, input_kind="image", architecture={"name": "paper R, random weights", "params": n_params})
+                       opset=17, input_kind="image",
+                       architecture={"name": "paper R, random weights", "params": n_params})
     man = Manifest(preprocessing=Preprocessing(size=256), geometry=WindowGeometry(256, 16, 4), models={"r": entry},
                    rlp_version="bench", created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     (folder / "manifest.json").write_text(json.dumps(man.to_dict(), indent=2))

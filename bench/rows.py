@@ -393,7 +393,8 @@ def child_main(argv: list[str] | None = None) -> int:
         result, code = {"status": "failed", "error": "out of memory (try a smaller --batch)"}, EX_SOFTWARE
     except Exception as exc:  # a bug: the traceback goes to the row's log
         traceback.print_exc()
-        result = {"status": "failed", "error": f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"}
+        result = {"status": "failed",
+                  "error": f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"}
         code = EX_SOFTWARE
     result.setdefault("rss", {})["peak_self_bytes"] = _proc_status("VmHWM")
     write_json(result_path, result)

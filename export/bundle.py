@@ -123,7 +123,8 @@ def _loss(run: Run) -> dict:
             "alternatives": sorted(run.g_scores)}
 
 
-def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, reporter: Reporter) -> tuple[dict, dict]:
+def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path,
+                  reporter: Reporter) -> tuple[dict, dict]:
     """Export one trained model to every requested precision; returns manifest entries and graph summaries."""
     kind, side = input_kind(model, run.geometry), input_side(model, run.geometry)
     in_name, out_name = IO[model.role]
@@ -157,7 +158,8 @@ def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, 
 def _check_io(path: Path, entry: ModelEntry) -> None:
     """The written graph's inputs and outputs are exactly what the manifest promises."""
     model = onnx.load(str(path), load_external_data=False)
-    got = [(v.name, onnx_export.tensor_shape(v), onnx_export.tensor_dtype(v)) for v in (*model.graph.input, *model.graph.output)]
+    got = [(v.name, onnx_export.tensor_shape(v), onnx_export.tensor_dtype(v))
+           for v in (*model.graph.input, *model.graph.output)]
     want = [(t.name, t.shape, t.dtype) for t in (*entry.inputs, *entry.outputs)]
     if got != want:
         raise RlpError(f"exported graph has inputs/outputs {got}, the manifest contract says {want}", path, EX_SOFTWARE)
@@ -278,7 +280,8 @@ def _checkpoint_info(run: Run) -> dict:
     }
 
 
-def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path, trt_env) -> list:
+def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path,
+                trt_env) -> list:
     in_name, out_name = IO[model.role]
     reduced = []
     for key, entry in models.items():

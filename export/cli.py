@@ -36,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by rlp-train")
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle folder to create")
-    p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
-    p.add_argument("--trt", action="store_true", help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
+    p.add_argument("--trt", action="store_true",
+                   help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
     p.add_argument("--models", type=_models, default=None, metavar="g,r,r-NAME",
                    help="models to export (default: every model the run has)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")
     p.add_argument("--quiet", action="store_true", help="no progress display or tables, only errors")
     p.add_argument("--parity-slices", type=_positive, default=4, metavar="N",

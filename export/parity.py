@@ -238,7 +238,8 @@ class ParityGate:
         }
 
     # ----------------------------------------------------------- inputs
-    def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]], batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]],
+                batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(inputs, original pixels, boxes) in batches, for windows ``boxes`` of slices ``i``."""
         geo = self.geometry.for_input(kind)
         for i, boxes in pairs:
@@ -294,13 +295,15 @@ class ParityGate:
         batch = min([default_batch(side)] + [c.max_batch for c in reduced if c.max_batch])
         pairs = list(zip(self.sample.slices, self.sample.boxes))
         runners = {"torch": reference, key: fp32} | {c.name: c.run for c in reduced}
-        res = self._evaluate(role, kind, runners, pairs, batch, f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
+        res = self._evaluate(role, kind, runners, pairs, batch,
+                             f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
         out_q = "recon pixels" if role == "g" else "prediction"
         rows = []
 
         def row(name, ref_name, quantity, precision, got, ref):
             n = int(np.asarray(got).size)
-            rows.append(compare_values(Check(name, ref_name, quantity, n, self.tol.limits(precision, ref_name)), got, ref))
+            rows.append(compare_values(Check(name, ref_name, quantity, n, self.tol.limits(precision, ref_name)), got,
+                                       ref))
 
         row(key, "torch", out_q, "fp32", res[key]["outputs"], res["torch"]["outputs"])
         if role == "g":

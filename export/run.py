@@ -150,7 +150,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
         if not ckpt_path.is_file():
             if models is None:
                 continue
-            raise InputMissing(f"checkpoint for {key.upper()} not found (train it, or leave {key} out of --models)", ckpt_path)
+            raise InputMissing(f"checkpoint for {key.upper()} not found (train it, or leave {key} out of --models)",
+                               ckpt_path)
         state = load_checkpoint(ckpt_path)
         if state.get("stage") != stage:
             raise BadInput(f"checkpoint stage is {state.get('stage')!r}, expected {stage!r}", ckpt_path)
@@ -167,7 +168,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
             raise BadInput(f"{key.upper()} and {first.upper()} were trained with different geometry or preprocessing; "
                            "retrain the predictor against this G", loaded[key].checkpoint)
     if preprocessing.size != geometry.size:
-        raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}", loaded[first].checkpoint)
+        raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}",
+                       loaded[first].checkpoint)
     _check_inputs(loaded, geometry)
     images, brains = _read_heldout(folder.heldout, geometry.size, preprocessing.ceiling)
     g_scores, score = _scores(loaded, path)
@@ -255,7 +257,8 @@ def _check_reads(model: RunModel, geometry: WindowGeometry, kind: InputKind) -> 
     """The model's architecture fits what it reads under this geometry."""
     if kind == InputKind.DENSE:
         want = (geometry.size, geometry.window, geometry.stride)
-        if (model.arch.get("size"), model.arch.get("window"), model.arch.get("stride")) != want or not geometry.dense_ok():
+        if (model.arch.get("size"), model.arch.get("window"),
+            model.arch.get("stride")) != want or not geometry.dense_ok():
             raise BadInput(f"the dense predictor was built for size/window/stride {model.arch.get('size')}/"
                            f"{model.arch.get('window')}/{model.arch.get('stride')}, the geometry is {'/'.join(map(str, want))}",
                            model.checkpoint)

@@ -92,7 +92,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
                    "(checkpoints predictor-NAME_*.pt, exported as model r-NAME)")
     t.add_argument("--r-width", type=int, help="R width")
     t.add_argument("--r-lr", type=float, help="R learning rate")
-    t.add_argument("--target", choices=list(TARGETS), help="R's target: window-region loss (default) or whole-image loss (paper)")
+    t.add_argument("--target", choices=list(TARGETS),
+                   help="R's target: window-region loss (default) or whole-image loss (paper)")
     t.add_argument("--target-corrupt", type=float,
                    help="dense predictor: share of the augmented target copies corrupted with augment.context_noise")
     t.add_argument("--r-steps", type=int)
@@ -139,8 +140,8 @@ def _main(argv=None) -> int:
         from .data import prepare
 
         size = a.size if a.size is not None else (128 if a.source == "mni152" else 256)
-        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force, quiet=a.quiet,
-                      version=a.preprocessing_version)
+        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force,
+                      quiet=a.quiet, version=a.preprocessing_version)
         print(json.dumps(res, indent=2))
         return 0
     if not a.preset and not a.config:

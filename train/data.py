@@ -80,7 +80,8 @@ def discover(source: str, skipped: list | None = None) -> tuple[str, list[Subjec
         files = [p]
     labels = [f for f in files if not _is_mask(f.name) and is_label(nifti_stem(f))]
     if skipped is not None:
-        skipped += [{"file": str(f), "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
+        skipped += [{"file": str(f),
+                     "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
     images = [f for f in files if not _is_mask(f.name) and f not in labels]
     masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
     subs = []
@@ -155,7 +156,8 @@ def prepare(
     try:  # from the partial file's creation on: a Ctrl-C or SIGTERM at any point removes it
         f = _create_partial(h5py, partial)
         with f:
-            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped)
+            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources,
+                                                    skipped)
             bad += [str(e) for e in bad_errors[len(bad):]]
             images, subj_idx = f["images"], f["subject"]
             if bad_errors and not skip_bad:

@@ -366,7 +366,8 @@ def verify_file(bundle: Path, rel: str, sha256: str, size: int | None) -> Path:
         raise SecurityRefusal(f"{rel} has {p.stat().st_size} bytes, the manifest says {size}; {REBUILD}", bundle)
     got = sha256_file(p)
     if got != sha256:
-        raise SecurityRefusal(f"{rel} sha256 {got[:12]}... does not match the manifest ({sha256[:12]}...); {REBUILD}", bundle)
+        raise SecurityRefusal(f"{rel} sha256 {got[:12]}... does not match the manifest ({sha256[:12]}...); {REBUILD}",
+                              bundle)
     return p
 
 

@@ -95,7 +95,8 @@ def progress(quiet: bool = False, extra: str | None = None, *, transient: bool =
             interval = 30.0
         yield _Lines(console, interval)
         return
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn()]
     if extra:  # the extra text takes what the terminal has left, cut with an ellipsis: the bar and counts stay whole
         bar_width = 10 if console.width < 120 else 40
         cols[1] = BarColumn(bar_width=bar_width)

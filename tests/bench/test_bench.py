@@ -59,7 +59,8 @@ def bench(tiny_run, bundle, tmp_path_factory):
     slices = _lesion_slices(tiny_run, base / "slices")
     out = base / "out"
     with np.load(tiny_run / "heldout.npz") as z:  # a small volume: held-out slices stacked
-        volume = write_nifti(base / "volume.nii.gz", (z["images"][:VOLUME_SLICES] * 1000).astype(np.int16).transpose(1, 2, 0))
+        volume = write_nifti(base / "volume.nii.gz",
+                             (z["images"][:VOLUME_SLICES] * 1000).astype(np.int16).transpose(1, 2, 0))
     args = ["--bundle", str(bundle), "--run", str(tiny_run), "--inputs", str(slices), "--out", str(out), "--quick",
             "--slices", "3", "--heldout", "2", "--g-windows", str(G_WINDOWS), "--threads", "1", "--batch", "16",
             "--volume", str(volume), "--quiet"]
@@ -78,7 +79,8 @@ def test_report_schema(bench):
     assert rep["mode"] == "quick" and rep["command"].startswith("rlp-bench ") and "--quick" in rep["command"]
     assert isinstance(rep["duration_s"], float) and isinstance(rep["created"], str)
     st = rep["settings"]
-    assert (st["runs"], st["threads"], st["batch"], st["g_windows"], st["slices"], st["heldout"]) == (3, 1, 16, G_WINDOWS, 3, 2)
+    got = (st["runs"], st["threads"], st["batch"], st["g_windows"], st["slices"], st["heldout"])
+    assert got == (3, 1, 16, G_WINDOWS, 3, 2)
     b = rep["bundle"]
     assert b["windows_per_slice"] == 64 and set(b["models"]) == {"g", "r"} and len(b["manifest_sha256"]) == 64
     env = rep["environment"]
@@ -222,7 +224,8 @@ def test_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, bundle):
     assert bench_cli.main(["--out", str(tmp_path / "o")]) == EX_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--bundle" in err
-    assert bench_cli.main(["--bundle", str(bundle), "--backends", "torch-cpu", "--out", str(tmp_path / "o")]) == EX_USAGE
+    assert bench_cli.main(["--bundle", str(bundle), "--backends", "torch-cpu", "--out",
+                           str(tmp_path / "o")]) == EX_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--run" in err
     assert bench_cli.main(["--paths", "x"]) == EX_USAGE

@@ -114,7 +114,8 @@ def test_localisation_block_equals_metrics_recomputed_from_the_saved_maps(tmp_pa
     want = {}
     for j, case in enumerate(cases[:3]):
         s, y = maps[j]["pixel"][BRAIN].astype(np.float64), LESION[BRAIN]
-        want[case["id"]] = {"auroc": _auroc_pairs(s, y), "auprc": _auprc_steps(s, y), "best_dice": _best_dice_thresholds(s, y)}
+        want[case["id"]] = {"auroc": _auroc_pairs(s, y), "auprc": _auprc_steps(s, y),
+                            "best_dice": _best_dice_thresholds(s, y)}
         for key, value in want[case["id"]].items():
             assert per[case["id"]][key] == pytest.approx(value, abs=1e-12), (case["id"], key)
     for key in ("auroc", "auprc", "best_dice"):

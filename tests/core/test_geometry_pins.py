@@ -101,8 +101,10 @@ def test_tissue_fraction_by_hand_and_its_message():
     with pytest.raises(BadInput, match=r"^brain mask has shape \(4, 5\), expected \(4, 4\)$"):
         g.tissue_fraction(np.zeros((4, 5), bool))
     # min_tissue: exactly the threshold is evaluated, below it is not
-    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, min_tissue=0.5).evaluated(brain), [[False, False], [False, True]])
-    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, min_tissue=0.25).evaluated(brain), [[True, False], [False, True]])
+    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, min_tissue=0.5).evaluated(brain),
+                                  [[False, False], [False, True]])
+    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, min_tissue=0.25).evaluated(brain),
+                                  [[True, False], [False, True]])
 
 
 def test_pad_with_a_margin_of_one_and_leading_dimensions():
@@ -138,7 +140,8 @@ def test_crops_accept_float_boxes():
 
 def test_paint_mask():
     box = np.array([[0.0, 0.5], [-1.0, 2.0]])
-    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, paint="tissue").paint_mask(box), [[False, True], [False, True]])
+    np.testing.assert_array_equal(WindowGeometry(4, 2, 2, paint="tissue").paint_mask(box),
+                                  [[False, True], [False, True]])
     assert WindowGeometry(4, 2, 2, paint="box").paint_mask(box).all()
 
 

@@ -31,6 +31,7 @@ def test_the_runtime_checks_a_bundle_against_model_shapes(tmp_path, monkeypatch)
 
     root = make_bundle(tmp_path / "b")
     Bundle.load(root).checked_model("r")
-    monkeypatch.setattr(rlp.runtime.heatmap, "model_shapes", lambda role, kind, side, grid, ch=1: ((1, side, side), (3,)))
+    monkeypatch.setattr(rlp.runtime.heatmap, "model_shapes", lambda role, kind, side, grid,
+                        ch=1: ((1, side, side), (3,)))
     with pytest.raises(BadInput, match=r"model 'r' output .* does not fit the geometry \(expected \[batch,3\]\)"):
         Bundle.load(root).checked_model("r")

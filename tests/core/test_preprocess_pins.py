@@ -162,7 +162,8 @@ def test_a_non_square_slice_is_centred_in_the_square_field_of_view():
 def test_errors_name_the_file_and_refuse_what_is_not_an_image():
     cfg = Preprocessing(size=10)
     for bad, words in [(np.ones((2, 3, 4)), "2D slice"), (np.ones((4, 4), bool), "unsupported data type"),
-                       (np.full((4, 4), "a"), "unsupported data type"), (np.ones((4, 4), complex), "unsupported data type")]:
+                       (np.full((4, 4), "a"), "unsupported data type"),
+                       (np.ones((4, 4), complex), "unsupported data type")]:
         with pytest.raises(BadInput, match=words) as exc:
             preprocess_slice(bad, cfg, path="in.nii.gz")
         assert exc.value.path == "in.nii.gz"

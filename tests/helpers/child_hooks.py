@@ -29,13 +29,15 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def start_until(module: str, args: list[str], patch: str, timeout: float = 120.0, **popen) -> tuple[subprocess.Popen, bool]:
+def start_until(module: str, args: list[str], patch: str, timeout: float = 120.0,
+                **popen) -> tuple[subprocess.Popen, bool]:
     """Run ``module``'s ``main(args)`` in a child with ``patch`` installed; return (process, reached):
     ``reached`` is True once the child called ``_reached()`` (it is then still running, held there), False
     if it exited or ``timeout`` seconds passed first."""
     r, w = os.pipe()
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(patch=patch, module=module), str(w), *map(str, args)],
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(patch=patch, module=module), str(w),
+                                 *map(str, args)],
                                 pass_fds=(w,), **popen)
     finally:
         os.close(w)

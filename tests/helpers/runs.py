@@ -55,7 +55,8 @@ def make_run(folder: Path, *, geometry: WindowGeometry = GEOMETRY, g: torch.nn.M
     config = config or {"preset": "test", "predictor": {"target": "window"}}
     (folder / "config.json").write_text(json.dumps(config))
     common = {"geometry": geometry.to_dict(), "preprocessing": Preprocessing(size=geometry.size).to_dict(),
-              "config": config, "data": {"path": "synthetic", "sha256": "0" * 64}, "metrics": {"val_l1": 0.1}, "step": 7}
+              "config": config, "data": {"path": "synthetic", "sha256": "0" * 64}, "metrics": {"val_l1": 0.1},
+              "step": 7}
     if g is not None:
         d = torch.nn.Conv2d(1, 1, 3)
         save_checkpoint(folder / "checkpoints/gan_best.pt", dict(

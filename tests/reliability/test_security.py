@@ -44,7 +44,8 @@ def test_resume_from_a_pickled_code_checkpoint_is_refused_without_side_effect(tm
     last.parent.mkdir(parents=True)
     torch.save({"format": "rlp.ckpt", "version": 1, "x": _CreatesFile(marker)}, last)
     with pytest.raises(SystemExit) as exc:
-        main(["gan", "--preset", "tiny", "--data", str(mni_tiny), "--run", str(tmp_path / "run"), "--resume", "--quiet"])
+        main(["gan", "--preset", "tiny", "--data", str(mni_tiny), "--run", str(tmp_path / "run"), "--resume",
+              "--quiet"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == EX_NOPERM and err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith(f"rlp-train: {last}: refused") and not marker.exists()

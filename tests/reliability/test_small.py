@@ -13,14 +13,16 @@ def test_a_newline_in_a_file_name_stays_on_one_line():
 
 
 def test_terminal_codes_in_messages_and_names_are_not_passed_on():
-    e = RlpError("Weights only load failed. \x1b[1mWeightsUnpickler error:\x1b[0m\n  Unsupported global\x07", "ck\x1b.pt")
+    e = RlpError("Weights only load failed. \x1b[1mWeightsUnpickler error:\x1b[0m\n  Unsupported global\x07",
+                 "ck\x1b.pt")
     text = str(e)
     assert "\x1b" not in text and "\n" not in text and "\x07" not in text
     assert text == "ck\\x1b.pt: Weights only load failed. WeightsUnpickler error: Unsupported global\\x07"
 
 
 def test_ordinary_text_is_unchanged():
-    assert str(BadInput("voxel size (1.0, 1.0) é ok", "données/t1.nii.gz")) == "données/t1.nii.gz: voxel size (1.0, 1.0) é ok"
+    assert str(BadInput("voxel size (1.0, 1.0) é ok",
+                        "données/t1.nii.gz")) == "données/t1.nii.gz: voxel size (1.0, 1.0) é ok"
 
 
 def test_a_dangling_link_at_an_output_name_is_not_replaced_without_force(tmp_path):

@@ -108,7 +108,8 @@ def test_model_paths_leaving_the_bundle_areassert_refused(capsys, slice_file, bu
         real = tmp_path / "manifest_elsewhere.json"
         os.replace(bundle / "manifest.json", real)
         (bundle / "manifest.json").symlink_to(real)
-    assert_refused(capsys, slice_file, bundle, EX_NOPERM, {"dotdot": "leaves the bundle", "absolute": "must be relative",
+    assert_refused(capsys, slice_file, bundle, EX_NOPERM,
+                   {"dotdot": "leaves the bundle", "absolute": "must be relative",
                                                      "symlink": "symbolic link", "hardlink": "hard link",
                                                      "symlinked_manifest": "symbolic link"}[where])
 

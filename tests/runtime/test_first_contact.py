@@ -75,7 +75,8 @@ def test_rerunning_the_demo_shows_no_table_of_an_earlier_run(tmp_path):
 
 def test_training_piped_to_a_log_prints_progress_lines(tmp_path, mni_tiny):
     pytest.importorskip("torch")
-    r = run_python(["-m", "rlp.train.cli", "gan", "--preset", "tiny", "--data", str(mni_tiny), "--run", str(tmp_path / "r"),
+    r = run_python(["-m", "rlp.train.cli", "gan", "--preset", "tiny", "--data", str(mni_tiny), "--run",
+                    str(tmp_path / "r"),
                  "--gan-steps", "12", "--threads", "1"], env={"RLP_PROGRESS_INTERVAL": "0"})
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("training gan: ")]

@@ -312,7 +312,8 @@ def test_bench_equality_check_against_the_plain_row():
             "bad": [{"window": np.full((3, 3), 0.6), "evaluated": np.ones((3, 3), bool)}]}
     row = {"status": "ok", "path": "r", "backend": "ort-cpu"}
     rows = [{**row, "name": "R · ort-cpu", "method": "plain", "latency": {"median_s": 2.0}, "id": "p"},
-            {**row, "name": "R incremental · ort-cpu", "method": "incremental", "latency": {"median_s": 0.5}, "id": "i"},
+            {**row, "name": "R incremental · ort-cpu", "method": "incremental", "latency": {"median_s": 0.5},
+             "id": "i"},
             {**row, "name": "R incremental · ort-cpu", "method": "incremental", "latency": {"median_s": 0.5},
              "id": "bad"}]
     rep.add_equality(rows, lambda r: maps[r["id"]])

@@ -126,7 +126,8 @@ def test_killed_writer_leaves_no_complete_file(tmp_path):
             "def _setitem(self, key, value):\n    _set(self, key, value)\n"
             "    if self.name == '/images':\n        _reached()\n"
             "h5py.Dataset.__setitem__ = _setitem\n")
-    proc, writing = start_until("rlp.train.cli", ["prepare", tmp_path / "src", "--out", out, "--size", "128", "--quiet"],
+    proc, writing = start_until("rlp.train.cli",
+                                ["prepare", tmp_path / "src", "--out", out, "--size", "128", "--quiet"],
                                 hook, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = out.with_name(out.name + ".partial")
     proc.send_signal(signal.SIGKILL)

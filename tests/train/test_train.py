@@ -50,7 +50,8 @@ def test_crops_match_the_runtime_contract(mni_tiny, paint):
     img = d.images[d.indices("val")[0]]
     ev = geom.tissue_fraction(d.brains[d.indices("val")[0]]).ravel()
     boxes = geom.window_boxes()[[0, 5, int(np.flatnonzero((ev > 0) & (ev < 1))[0]), -1]]  # one across the outline
-    inp, orig, _ = crops_and_inpaint(torch.from_numpy(np.stack([img] * len(boxes))).unsqueeze(1), torch.from_numpy(boxes), geom)
+    inp, orig, _ = crops_and_inpaint(torch.from_numpy(np.stack([img] * len(boxes))).unsqueeze(1),
+                                     torch.from_numpy(boxes), geom)
     padded = geom.pad(img)
     np.testing.assert_array_equal(inp.numpy(), geom.crops(padded, boxes, inpaint=True))
     np.testing.assert_array_equal(orig.numpy(), geom.crops(padded, boxes, inpaint=False))
@@ -68,7 +69,8 @@ def test_context_noise_corrupts_tissue_only_and_only_when_asked():
     tissue = out[brains > 0]
     assert (tissue > 0).all() and (tissue <= 1).all()  # still tissue by the paint rule, still in range
     assert ((out - imgs).abs().flatten(1).amax(1) > 1e-3).float().mean() > 0.5  # most slices really changed
-    some = corrupt_context(imgs, brains, AugmentConfig(context_noise=0.3, context_noise_p=0.5), torch.Generator().manual_seed(1))
+    some = corrupt_context(imgs, brains, AugmentConfig(context_noise=0.3, context_noise_p=0.5),
+                           torch.Generator().manual_seed(1))
     changed = (some != imgs).flatten(1).any(1)
     assert 0 < changed.sum() < len(imgs)  # a share of the slices
 
@@ -96,7 +98,8 @@ def _weights(path):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, mni_tiny):
-    args = ["--preset", "tiny", "--data", str(mni_tiny), "--gan-steps", "30", "--adv", "0.01", "--quiet", "--threads", "1"]
+    args = ["--preset", "tiny", "--data", str(mni_tiny), "--gan-steps", "30", "--adv", "0.01", "--quiet", "--threads",
+            "1"]
     ref = tmp_path / "ref"
     r = run_python(["-m", "rlp.train.cli", "gan", "--run", str(ref), *args])
     assert r.returncode == 0, r.stderr
@@ -173,11 +176,13 @@ def test_truncated_checkpoint_is_a_clean_error(tmp_path, tiny_run):
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):
-    r = run_python(["-m", "rlp.train.cli", "gan", "--data", str(tmp_path / "none.h5"), "--run", str(tmp_path / "r"), "--preset", "tiny"])
+    r = run_python(["-m", "rlp.train.cli", "gan", "--data", str(tmp_path / "none.h5"), "--run", str(tmp_path / "r"),
+                    "--preset", "tiny"])
     assert r.returncode == 66
     assert "none.h5" in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
     # a usage error too: one line naming the option and the subcommand's help, not argparse's usage block
-    r = run_python(["-m", "rlp.train.cli", "gan", "--data", "x.h5", "--run", str(tmp_path / "r"), "--gan-steps", "many"])
+    r = run_python(["-m", "rlp.train.cli", "gan", "--data", "x.h5", "--run", str(tmp_path / "r"), "--gan-steps",
+                    "many"])
     assert r.returncode == 2 and not (tmp_path / "r").exists()
     assert r.stderr.startswith("rlp-train: ") and "--gan-steps" in r.stderr and "rlp-train gan --help" in r.stderr
     assert r.stderr.strip().count("\n") == 0
@@ -196,8 +201,10 @@ def test_paper_predictor_needs_256(tmp_path, mni_tiny, tiny_run):
 def test_ddp_two_gloo_processes(tmp_path, mni_tiny):
     pytest.importorskip("torch.distributed")
     run = tmp_path / "ddp"
-    r = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlp.train.cli", "gan",
-                 "--preset", "tiny", "--data", str(mni_tiny), "--run-dir", str(run), "--gan-steps", "6", "--threads", "1", "--quiet"],
+    r = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rlp.train.cli",
+                    "gan",
+                 "--preset", "tiny", "--data", str(mni_tiny), "--run-dir", str(run), "--gan-steps", "6", "--threads",
+                 "1", "--quiet"],
                 env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     st = load_checkpoint(run / "checkpoints" / "gan_last.pt")
