@@ -7,9 +7,9 @@ demo's 197 x 233 grid; nothing is downloaded). Every configuration runs the same
 folder, so nothing is skipped. Per configuration: wall seconds (worker start and bundle loading included),
 volumes per minute, slices per second, the median of the per-volume seconds the workers measured, and the
 overhead (wall minus the volumes' own seconds divided by the workers), and the share of the volumes'
-own seconds each stage took (``time_split``, from the summaries' timings: load, preprocess, model, render...). The 1-minute load average is
-recorded before and after each configuration: on a shared machine other work slows every figure.
-Writes ``cohort_speed.json`` and ``cohort_speed.md`` in ``--out``.
+own seconds each stage took (``time_split``, from the summaries' timings: load, preprocess, model, render...).
+The 1-minute load average is recorded before and after each configuration: on a shared machine other work
+slows every figure. Writes ``cohort_speed.json`` and ``cohort_speed.md`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     lines = ["| configuration | volumes | slices | wall s | volumes/min | slices/s | median s/volume | overhead s | "
              "load before/after |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['config']} | {r['volumes']} | {r['slices']} | {r['wall_s']} | {r['volumes_per_min']} | "
-              f"{r['slices_per_s']} | {r['median_volume_s']} | {r['overhead_s']} | {r['load_before']}/{r['load_after']} |"
+              f"{r['slices_per_s']} | {r['median_volume_s']} | {r['overhead_s']} | "
+              f"{r['load_before']}/{r['load_after']} |"
               for r in rows]
     lines += ["", "share of the volumes' own time per stage:"]
     lines += [f"- {r['config']}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["time_split"].items()) for r in rows]

@@ -61,7 +61,8 @@ class ParityFailure(RlpError):
         self.result = result
         worst = "; ".join(f"{c.model} vs {c.reference} {c.quantity}: {c.problem}" for c in result.failures()[:3])
         more = len(result.failures()) - 3
-        super().__init__(f"parity gate failed, no bundle written (an existing one is kept): {worst}" + (f" (+{more} more)" if more > 0 else ""), path)
+        super().__init__(f"parity gate failed, no bundle written (an existing one is kept): {worst}"
+                         + (f" (+{more} more)" if more > 0 else ""), path)
 
 
 @dataclass
@@ -165,7 +166,8 @@ def _check_io(path: Path, entry: ModelEntry) -> None:
         raise RlpError(f"exported graph has inputs/outputs {got}, the manifest contract says {want}", path, EX_SOFTWARE)
 
 
-def export_bundle(run_path: str | os.PathLike, opts: ExportOptions, reporter: Reporter | None = None) -> tuple[Manifest, ParityResult]:
+def export_bundle(run_path: str | os.PathLike, opts: ExportOptions,
+                  reporter: Reporter | None = None) -> tuple[Manifest, ParityResult]:
     """Export a run folder into a bundle folder at ``opts.out``; raises :class:`ParityFailure` when the gate fails."""
     reporter = reporter or Reporter(quiet=True)
     out = Path(opts.out)

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-windows", type=_positive, default=32, metavar="N",
                    help="window positions per slice for the parity gate (default 32)")
     p.add_argument("--map-windows", type=_positive, default=4096, metavar="N",
-                   help="most windows in the fp16 whole-slice window map; a coarser stride is used above it (default 4096)")
+                   help="most windows in the fp16 whole-slice window map; a coarser stride is used above it "
+                        "(default 4096)")
     p.add_argument("--reference-slices", type=int_at_least(0), default=32, metavar="N",
                    help="held-out healthy slices scored on every path for the healthy reference that puts each "
                         "heatmap's top score in context (default 32; 0: none)")

@@ -145,7 +145,8 @@ def compare_values(check: Check, got: np.ndarray, ref: np.ndarray) -> Check:
     """Fill ``check`` with the difference statistics of ``got`` against ``ref`` and judge them."""
     bad_ref, bad = int((~np.isfinite(ref)).sum()), int((~np.isfinite(got)).sum())
     if bad_ref:
-        check.problem = f"the reference ({check.reference}) gives {bad_ref} non-finite value(s): the trained model is broken"
+        check.problem = (f"the reference ({check.reference}) gives {bad_ref} non-finite value(s): "
+                         "the trained model is broken")
         return check
     if bad:
         check.problem = f"{bad} non-finite output value(s)"
@@ -347,8 +348,9 @@ def table(result: ParityResult, title: str = "parity gate") -> Table:
                   rho, top, verdict)
     tol = result.tolerances
     if tol is not None:
-        notes.append(f"limits: vs torch max {tol.fp32_max_abs:g}; fp16 max {tol.fp16_max_abs:g}, p99 {tol.fp16_p99_abs:g}, "
-                     f"median {tol.fp16_median_abs:g}, map rho >= {tol.map_spearman:g}; fp32 engine max {tol.engine_fp32_max_abs:g}")
+        notes.append(f"limits: vs torch max {tol.fp32_max_abs:g}; fp16 max {tol.fp16_max_abs:g}, "
+                     f"p99 {tol.fp16_p99_abs:g}, median {tol.fp16_median_abs:g}, map rho >= {tol.map_spearman:g}; "
+                     f"fp32 engine max {tol.engine_fp32_max_abs:g}")
     t.caption = "\n".join(notes)
     t.caption_justify = "left"
     return t

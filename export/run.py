@@ -260,7 +260,8 @@ def _check_reads(model: RunModel, geometry: WindowGeometry, kind: InputKind) -> 
         if (model.arch.get("size"), model.arch.get("window"),
             model.arch.get("stride")) != want or not geometry.dense_ok():
             raise BadInput(f"the dense predictor was built for size/window/stride {model.arch.get('size')}/"
-                           f"{model.arch.get('window')}/{model.arch.get('stride')}, the geometry is {'/'.join(map(str, want))}",
+                           f"{model.arch.get('window')}/{model.arch.get('stride')}, "
+                           f"the geometry is {'/'.join(map(str, want))}",
                            model.checkpoint)
     elif model.role == "r" and model.input_size != geometry.for_input(kind).input_size:
         raise BadInput(f"R reads {model.input_size}x{model.input_size} inputs, but {kind} inputs of this geometry are "

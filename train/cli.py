@@ -82,7 +82,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--depth", type=int, help="G depth")
     t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
     t.add_argument("--g-output", choices=list(G_OUTPUTS),
-                   help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) or sigmoid (the paper)")
+                   help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) "
+                        "or sigmoid (the paper)")
     t.add_argument("--score", choices=list(SCORE_CHOICES),
                    help="the window score predictors learn and the bundle computes: auto (z for a Laplace G, "
                         "else l1), z (|x - mu| / b) or l1 (the paper's raw L1)")
@@ -130,7 +131,8 @@ def _print_result(res: dict, run: Path) -> None:
     stderr_console.print(", ".join(f"{k}={res[k]:.5g}" if isinstance(res[k], float) else f"{k}={res[k]}" for k in keys))
     if res.get("stopped_by") == "time budget":
         stderr_console.print(f"{res['stage']}: the --max-minutes budget ran out after {res['steps']} steps; the best "
-                             f"checkpoint so far ({res.get('val_key', 'validation')} {res.get('best', float('nan')):.5g}) is "
+                             f"checkpoint so far ({res.get('val_key', 'validation')} "
+                             f"{res.get('best', float('nan')):.5g}) is "
                              f"kept in {run / 'checkpoints'} and is what the next stage and rlp-export use")
 
 
@@ -180,7 +182,8 @@ def _guard_run(folder: RunFolder, cfg, a) -> None:
     from .config import TrainConfig, resume_hash
 
     if a.force and a.resume:
-        raise UsageError(f"--force (start afresh) and --resume (continue) exclude each other (see {PROG} {a.cmd} --help)")
+        raise UsageError(f"--force (start afresh) and --resume (continue) exclude each other "
+                         f"(see {PROG} {a.cmd} --help)")
     if a.force:
         _clear_stages(folder, a.cmd, cfg.predictor.variant)
         return

@@ -174,7 +174,8 @@ def comma_subset(allowed: Sequence[str], pattern=None, also: str = "") -> Callab
         items = tuple(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
         bad = [x for x in items if x not in allowed and not (pattern is not None and pattern.fullmatch(x))]
         if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}{also}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(allowed)}{also}, got {text!r}")
         return items
 
     return parse

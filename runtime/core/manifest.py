@@ -59,7 +59,8 @@ PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
 
 
 def model_key(path: str, precision: str = "fp32") -> str:
-    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path` undoes it."""
+    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path`
+    undoes it."""
     return path + PRECISION_SUFFIX[precision]
 
 

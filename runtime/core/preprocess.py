@@ -116,8 +116,8 @@ class Resampler:
             scale.append(a)
             offset.append(b)
         if max(scale) > MAX_SCALE:  # the anti-aliasing kernel alone would need terabytes
-            raise BadInput(f"voxel spacing {self.spacing} on a {self.shape[0]}x{self.shape[1]} slice is too anisotropic "
-                           f"to resample (one model pixel would span {max(scale):.3g} input pixels)")
+            raise BadInput(f"voxel spacing {self.spacing} on a {self.shape[0]}x{self.shape[1]} slice is too "
+                           f"anisotropic to resample (one model pixel would span {max(scale):.3g} input pixels)")
         object.__setattr__(self, "spacing", sp)
         object.__setattr__(self, "scale", tuple(scale))
         object.__setattr__(self, "offset", tuple(offset))

@@ -67,8 +67,8 @@ class _Lines:
             done, total = t["completed"], t["total"]
             of = f"/{total:g} ({100 * done / total:.0f}%)" if total else ""
             info = " ".join(str(v) for v in t["fields"].values() if v not in (None, ""))
-            self.console.print(f"{t['description']}: {done:g}{of}, {now - t['start']:.0f} s" + (f", {info}" if info else ""),
-                               markup=False, highlight=False, soft_wrap=True)
+            line = f"{t['description']}: {done:g}{of}, {now - t['start']:.0f} s" + (f", {info}" if info else "")
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def remove_task(self, task: int) -> None:
         self.tasks.pop(task, None)
@@ -110,7 +110,8 @@ Advance = Callable[[int], None]
 
 
 class Reporter:
-    """Named steps with a bar each, plus tables and plain lines on stderr; ``quiet`` shows nothing (rlp-export's display)."""
+    """Named steps with a bar each, plus tables and plain lines on stderr; ``quiet`` shows nothing (rlp-export's
+    display)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet

@@ -85,8 +85,10 @@ def test_report_schema(bench):
     assert b["windows_per_slice"] == 64 and set(b["models"]) == {"g", "r"} and len(b["manifest_sha256"]) == 64
     env = rep["environment"]
     assert isinstance(env["cpu"], str) and isinstance(env["cores"], int) and env["threads"] == 1
-    assert env["libraries"]["numpy"] and env["libraries"]["onnxruntime"] and "CPUExecutionProvider" in env["ort_providers"]
-    assert rep["inputs"]["source"] == "inputs" and len(rep["inputs"]["lesion"]) == 3 and len(rep["inputs"]["heldout"]) == 2
+    assert env["libraries"]["numpy"] and env["libraries"]["onnxruntime"]
+    assert "CPUExecutionProvider" in env["ort_providers"]
+    assert rep["inputs"]["source"] == "inputs"
+    assert len(rep["inputs"]["lesion"]) == 3 and len(rep["inputs"]["heldout"]) == 2
     assert rep["reference"]["backend"] == "ort-cpu"
     names = {(r["path"], r["backend"]) for r in rep["rows"]}
     assert names == {("r", "ort-cpu"), ("g", "ort-cpu"), ("r", "torch-cpu"), ("g", "torch-cpu")}

@@ -43,7 +43,8 @@ def test_the_suite_holds_every_kind_unregistered_slices_and_healthy_ones(tmp_pat
     healthy = [c for c in cases if c["set"] == HEALTHY]
     assert len(les) == 15 and len(healthy) == 6
     assert {c["suite"]["kind"] for c in les} == set(SUITE_KINDS)
-    assert sum(not c["suite"]["registered"] for c in les) == 5 and sum(not c["suite"]["registered"] for c in healthy) == 2
+    assert sum(not c["suite"]["registered"] for c in les) == 5
+    assert sum(not c["suite"]["registered"] for c in healthy) == 2
     assert all(c["suite"]["split"] in ("val", "test") for c in cases)
     with np.load(tmp_path / "s.npz") as z:
         images, masks = z["images"], z["lesions"]

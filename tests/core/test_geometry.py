@@ -1,4 +1,5 @@
-"""Properties of the window geometry and preprocessing contracts (runtime/core/geometry.py, runtime/core/preprocess.py)."""
+"""Properties of the window geometry and preprocessing contracts (runtime/core/geometry.py,
+runtime/core/preprocess.py)."""
 
 from __future__ import annotations
 

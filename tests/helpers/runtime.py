@@ -283,7 +283,8 @@ def externalize(proto: onnx.ModelProto, location: str) -> tuple[onnx.ModelProto,
 
 
 def external_bundle(bundle, location: str, *, write_to=None, listed: str | None = "same"):
-    """Give ``bundle``'s G its weights as external data at ``location`` (listed in the manifest unless ``listed=None``)."""
+    """Give ``bundle``'s G its weights as external data at ``location`` (listed in the manifest unless
+    ``listed=None``)."""
     proto, blob = externalize(g_model(32), location)
     target = write_to if write_to is not None else bundle / location
     target.write_bytes(blob)

@@ -237,7 +237,8 @@ def test_check_header_and_load_refuse_a_fifo_in_process(tmp_path):
     """The loader itself (not only the CLI): run in a child so that a regression fails on the timeout."""
     fifo = tmp_path / "y.nii"
     os.mkfifo(fifo)
-    code = ("import sys\nfrom rlp.runtime.core.nifti import check_header, load_nifti\nfrom rlp.runtime.core.errors import BadInput\n"
+    code = ("import sys\nfrom rlp.runtime.core.nifti import check_header, load_nifti\n"
+            "from rlp.runtime.core.errors import BadInput\n"
             "for f in (check_header, load_nifti):\n    try:\n        f(sys.argv[1])\n    except BadInput as e:\n"
             "        print(e)\n")
     r = subprocess.run([sys.executable, "-c", code, str(fifo)], env=_env(), capture_output=True, text=True, timeout=60)
@@ -310,7 +311,8 @@ def test_an_input_is_never_overwritten_even_with_force(capsys, setup, tmp_path, 
     assert "Traceback" not in err
     names = sorted(p.name for p in d.iterdir())  # the other input still ran; y made nothing
     assert names == sorted(["y.nii.gz", "y_heatmap.nii.gz"] + [f"y_heatmap_{k}" for k in KINDS])
-    assert any(ln.startswith(f"rlp-heatmap: {victim}: warning: this looks like an rlp heatmap") for ln in err.splitlines())
+    warning = f"rlp-heatmap: {victim}: warning: this looks like an rlp heatmap"
+    assert any(ln.startswith(warning) for ln in err.splitlines())
 
 
 @pytest.mark.parametrize("link", ["hard", "symbolic"])

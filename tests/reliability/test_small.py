@@ -1,5 +1,5 @@
-"""The small ones of #21 (item 10). An error is one line that cannot drive the terminal: a newline or an escape in a file
-name is written as an escape; a library's colour codes (torch's advice on a refused checkpoint) are dropped. A
+"""The small ones of #21 (item 10). An error is one line that cannot drive the terminal: a newline or an escape in a
+file name is written as an escape; a library's colour codes (torch's advice on a refused checkpoint) are dropped. A
 dangling link at an output name is an existing output."""
 
 from __future__ import annotations

@@ -166,4 +166,5 @@ def test_bench_measures_an_approximate_row_against_the_plain_one():
     assert a["same_argmax"] == 1 and a["top5_iou"] == 1.0 and 0.9 < a["spearman"] < 1.0
     assert a["max_abs_diff"] == pytest.approx(1 / 16)
     lines = rep.headline_lines({"rows": rows, "summary": None})
-    assert any("APPROXIMATE, 50% of windows scored exactly" in x and "3.00x faster than G · ort-cpu" in x for x in lines)
+    assert any("APPROXIMATE, 50% of windows scored exactly" in x and "3.00x faster than G · ort-cpu" in x
+               for x in lines)

@@ -1,5 +1,6 @@
 """One window-scorer interface (rlp.runtime.scorers): plain, incremental and coarse-to-fine scorers implement it,
-are built by the Bundle from explicit parts (never from the Bundle itself). (No import cycle: tests/project/test_layering.py.)"""
+are built by the Bundle from explicit parts (never from the Bundle itself). (No import cycle:
+tests/project/test_layering.py.)"""
 
 from __future__ import annotations
 

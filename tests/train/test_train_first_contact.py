@@ -115,7 +115,8 @@ def test_prepare_says_what_it_took_and_skipped_and_the_real_split(tmp_path, caps
     assert [s["file"] for s in res["skipped"]] == [str(src / "one_truth.nii.gz")]
     assert sorted(t["image"] for t in res["taken"] if t["slices_in_volume"] == 1) == [
         str(src / n) for n in ("one.nii.gz", "slice0.nii.gz", "slice1.nii.gz")]
-    assert res["subjects"] == 4 and sum(res["split"].values()) == res["slices"] == len(SliceData(tmp_path / "x.h5").split)
+    assert res["subjects"] == 4
+    assert sum(res["split"].values()) == res["slices"] == len(SliceData(tmp_path / "x.h5").split)
     counts = "/".join(str(res["split"][s]) for s in ("train", "val", "test"))
     assert f"slices {counts}" in res["split_rule"] and "80/10/10;" not in res["split_rule"]
     assert "skipped 1 file(s)" in err and "one_truth" in err and "single slice" in err and counts in err
