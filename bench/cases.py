@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime.core.errors import BadInput, InputMissing
-from rlp.runtime.inputs import nifti_files
+from rlp.runtime.core.files import read_npz
 from rlp.runtime.core.nifti import LESION_SUFFIX, load_nifti, nifti_stem, nifti_suffix
 from rlp.runtime.core.preprocess import brain_mask
-from rlp.runtime.core.files import read_npz
 from rlp.runtime.core.runfolder import RunFolder
+from rlp.runtime.inputs import nifti_files
 
 LESION = "lesion"
 HELDOUT = "heldout"

@@ -7,9 +7,9 @@ demo's 197 x 233 grid; nothing is downloaded). Every configuration runs the same
 folder, so nothing is skipped. Per configuration: wall seconds (worker start and bundle loading included),
 volumes per minute, slices per second, the median of the per-volume seconds the workers measured, and the
 overhead (wall minus the volumes' own seconds divided by the workers), and the share of the volumes'
-own seconds each stage took (``time_split``, from the summaries' timings: load, preprocess, model, render...). The 1-minute load average is
-recorded before and after each configuration: on a shared machine other work slows every figure.
-Writes ``cohort_speed.json`` and ``cohort_speed.md`` in ``--out``.
+own seconds each stage took (``time_split``, from the summaries' timings: load, preprocess, model, render...).
+The 1-minute load average is recorded before and after each configuration: on a shared machine other work
+slows every figure. Writes ``cohort_speed.json`` and ``cohort_speed.md`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def make_volumes(folder: Path, n: int, depth: int) -> list[Path]:
 
 
 def measure(name: str, folder: Path, out: Path, extra: list[str], bundle: str | None, path: str) -> dict:
-    argv = [str(folder), "--out", str(out), "--path", path, "--quiet", *extra] + (["--bundle", bundle] if bundle else [])
+    argv = [str(folder), "--out", str(out), "--path", path, "--quiet", *extra]
+    argv += ["--bundle", bundle] if bundle else []
     args = build_parser().parse_args(argv)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -65,7 +66,8 @@ def measure(name: str, folder: Path, out: Path, extra: list[str], bundle: str | 
     return {"time_split": {k: round(v / max(own, 1e-9), 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
             "config": name, "volumes": len(done), "failed": result["failed"], "slices": slices,
             "wall_s": round(wall, 2), "volumes_per_min": round(60 * len(done) / wall, 2),
-            "slices_per_s": round(slices / wall, 2), "median_volume_s": round(statistics.median(r["seconds"] for r in done), 3),
+            "slices_per_s": round(slices / wall, 2),
+            "median_volume_s": round(statistics.median(r["seconds"] for r in done), 3),
             "overhead_s": round(wall - own / workers, 2), "load_before": round(load0, 2),
             "load_after": round(os.getloadavg()[0], 2)}
 
@@ -101,13 +103,15 @@ def main(argv=None) -> int:
                 rows[-1]["ray_init_s"] = round(ray_start, 2)
                 ray.shutdown()
             print(json.dumps(rows[-1]), flush=True)
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "python": platform.python_version(),
            "volumes": args.volumes, "depth": args.depth, "path": args.path}
     (out / "cohort_speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = ["| configuration | volumes | slices | wall s | volumes/min | slices/s | median s/volume | overhead s | "
              "load before/after |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['config']} | {r['volumes']} | {r['slices']} | {r['wall_s']} | {r['volumes_per_min']} | "
-              f"{r['slices_per_s']} | {r['median_volume_s']} | {r['overhead_s']} | {r['load_before']}/{r['load_after']} |"
+              f"{r['slices_per_s']} | {r['median_volume_s']} | {r['overhead_s']} | "
+              f"{r['load_before']}/{r['load_after']} |"
               for r in rows]
     lines += ["", "share of the volumes' own time per stage:"]
     lines += [f"- {r['config']}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["time_split"].items()) for r in rows]

@@ -8,7 +8,8 @@ Rows: torch eager (NCHW and channels_last), onnxruntime with the exported graph
 (bicubic rewritten as a convolution), and onnxruntime with PyTorch's own export
 of bicubic (a cubic ``Resize``), the slow baseline the rewrite replaces
 (``--no-resize`` skips it). Times are the median of ``--repeats`` runs after one
-warm-up, per batch, the backends interleaved (the machine may be shared). This is a measurement script, not a test; it imports torch.
+warm-up, per batch, the backends interleaved (the machine may be shared). This is a
+measurement script, not a test; it imports torch.
 """
 
 from __future__ import annotations

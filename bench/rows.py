@@ -47,14 +47,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rlp.runtime.core.atomic import write_json
 from rlp.runtime.backends import BACKENDS, Backend, BackendInfo, CheckedModel, backend_info, register_backend
-from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
 from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.coarse import CoarseToFine
-from rlp.runtime.heatmap import Bundle, top_windows
+from rlp.runtime.core.atomic import write_json
+from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
 from rlp.runtime.core.manifest import Manifest, path_role, sha256_file
 from rlp.runtime.core.preprocess import preprocess_slice
+from rlp.runtime.heatmap import Bundle, top_windows
 
 from .cases import load_case
 
@@ -393,7 +393,8 @@ def child_main(argv: list[str] | None = None) -> int:
         result, code = {"status": "failed", "error": "out of memory (try a smaller --batch)"}, EX_SOFTWARE
     except Exception as exc:  # a bug: the traceback goes to the row's log
         traceback.print_exc()
-        result = {"status": "failed", "error": f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"}
+        result = {"status": "failed",
+                  "error": f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"}
         code = EX_SOFTWARE
     result.setdefault("rss", {})["peak_self_bytes"] = _proc_status("VmHWM")
     write_json(result_path, result)

@@ -25,18 +25,29 @@ import onnxruntime as ort
 import torch
 
 from rlp.runtime import __version__ as RLP_VERSION
-from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.backends import ort_session_options
-from rlp.runtime.core.geometry import SCORES
-from rlp.runtime.core.nifti import AXES
+from rlp.runtime.core.atomic import atomic_dir, write_json
 from rlp.runtime.core.domain import healthy_reference, training_domain
 from rlp.runtime.core.errors import EX_SOFTWARE, CannotCreate, RlpError
-from rlp.runtime.core.manifest import (MANIFEST, SCHEMA, SCHEMA_VERSION, Manifest, ModelEntry, TensorSpec, file_entry_fields,
-                                  model_key, model_path, model_shapes, sha256_file)
+from rlp.runtime.core.geometry import SCORES
+from rlp.runtime.core.manifest import (
+    MANIFEST,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Manifest,
+    ModelEntry,
+    TensorSpec,
+    file_entry_fields,
+    model_key,
+    model_path,
+    model_shapes,
+    sha256_file,
+)
+from rlp.runtime.core.nifti import AXES
+from rlp.runtime.core.progress import Reporter
 
 from . import onnx_export
 from .parity import Candidate, ParityGate, ParityResult, Tolerances
-from rlp.runtime.core.progress import Reporter
 from .run import Run, RunModel, input_kind, input_side, load_run, source_geometry, training_slices
 
 #: role -> (input name, output name); the shapes are the manifest's model_shapes, the keys its model_key
@@ -50,7 +61,8 @@ class ParityFailure(RlpError):
         self.result = result
         worst = "; ".join(f"{c.model} vs {c.reference} {c.quantity}: {c.problem}" for c in result.failures()[:3])
         more = len(result.failures()) - 3
-        super().__init__(f"parity gate failed, no bundle written (an existing one is kept): {worst}" + (f" (+{more} more)" if more > 0 else ""), path)
+        super().__init__(f"parity gate failed, no bundle written (an existing one is kept): {worst}"
+                         + (f" (+{more} more)" if more > 0 else ""), path)
 
 
 @dataclass
@@ -112,7 +124,8 @@ def _loss(run: Run) -> dict:
             "alternatives": sorted(run.g_scores)}
 
 
-def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, reporter: Reporter) -> tuple[dict, dict]:
+def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path,
+                  reporter: Reporter) -> tuple[dict, dict]:
     """Export one trained model to every requested precision; returns manifest entries and graph summaries."""
     kind, side = input_kind(model, run.geometry), input_side(model, run.geometry)
     in_name, out_name = IO[model.role]
@@ -146,13 +159,15 @@ def _write_models(run: Run, model: RunModel, opts: ExportOptions, folder: Path, 
 def _check_io(path: Path, entry: ModelEntry) -> None:
     """The written graph's inputs and outputs are exactly what the manifest promises."""
     model = onnx.load(str(path), load_external_data=False)
-    got = [(v.name, onnx_export.tensor_shape(v), onnx_export.tensor_dtype(v)) for v in (*model.graph.input, *model.graph.output)]
+    got = [(v.name, onnx_export.tensor_shape(v), onnx_export.tensor_dtype(v))
+           for v in (*model.graph.input, *model.graph.output)]
     want = [(t.name, t.shape, t.dtype) for t in (*entry.inputs, *entry.outputs)]
     if got != want:
         raise RlpError(f"exported graph has inputs/outputs {got}, the manifest contract says {want}", path, EX_SOFTWARE)
 
 
-def export_bundle(run_path: str | os.PathLike, opts: ExportOptions, reporter: Reporter | None = None) -> tuple[Manifest, ParityResult]:
+def export_bundle(run_path: str | os.PathLike, opts: ExportOptions,
+                  reporter: Reporter | None = None) -> tuple[Manifest, ParityResult]:
     """Export a run folder into a bundle folder at ``opts.out``; raises :class:`ParityFailure` when the gate fails."""
     reporter = reporter or Reporter(quiet=True)
     out = Path(opts.out)
@@ -267,7 +282,8 @@ def _checkpoint_info(run: Run) -> dict:
     }
 
 
-def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path, trt_env) -> list:
+def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engines: list, folder: Path,
+                trt_env) -> list:
     in_name, out_name = IO[model.role]
     reduced = []
     for key, entry in models.items():

@@ -16,7 +16,6 @@ from pathlib import Path
 from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.core.manifest import PATH_PATTERN
 
-
 PROG = "rlp-export"
 
 
@@ -37,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by rlp-train")
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE", help="bundle folder to create")
-    p.add_argument("--fp16", action="store_true", help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
-    p.add_argument("--trt", action="store_true", help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write fp16 models (for GPUs; inputs and outputs stay float32)")
+    p.add_argument("--trt", action="store_true",
+                   help="also build TensorRT engines for this machine's GPU (fp16 with --fp16)")
     p.add_argument("--models", type=_models, default=None, metavar="g,r,r-NAME",
                    help="models to export (default: every model the run has)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")
     p.add_argument("--quiet", action="store_true", help="no progress display or tables, only errors")
     p.add_argument("--parity-slices", type=_positive, default=4, metavar="N",
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-windows", type=_positive, default=32, metavar="N",
                    help="window positions per slice for the parity gate (default 32)")
     p.add_argument("--map-windows", type=_positive, default=4096, metavar="N",
-                   help="most windows in the fp16 whole-slice window map; a coarser stride is used above it (default 4096)")
+                   help="most windows in the fp16 whole-slice window map; a coarser stride is used above it "
+                        "(default 4096)")
     p.add_argument("--reference-slices", type=int_at_least(0), default=32, metavar="N",
                    help="held-out healthy slices scored on every path for the healthy reference that puts each "
                         "heatmap's top score in context (default 32; 0: none)")
@@ -61,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from rlp.runtime.core.progress import Reporter
+
     from .bundle import ExportOptions, ParityFailure, export_bundle
     from .parity import table
-    from rlp.runtime.core.progress import Reporter
 
     reporter = Reporter(quiet=args.quiet)
     opts = ExportOptions(out=args.out, fp16=args.fp16, trt=args.trt, models=args.models, opset=args.opset,

@@ -41,9 +41,8 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.scorers import score_windows
-
 from rlp.runtime.core.progress import Reporter
+from rlp.runtime.scorers import score_windows
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -146,7 +145,8 @@ def compare_values(check: Check, got: np.ndarray, ref: np.ndarray) -> Check:
     """Fill ``check`` with the difference statistics of ``got`` against ``ref`` and judge them."""
     bad_ref, bad = int((~np.isfinite(ref)).sum()), int((~np.isfinite(got)).sum())
     if bad_ref:
-        check.problem = f"the reference ({check.reference}) gives {bad_ref} non-finite value(s): the trained model is broken"
+        check.problem = (f"the reference ({check.reference}) gives {bad_ref} non-finite value(s): "
+                         "the trained model is broken")
         return check
     if bad:
         check.problem = f"{bad} non-finite output value(s)"
@@ -239,7 +239,8 @@ class ParityGate:
         }
 
     # ----------------------------------------------------------- inputs
-    def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]], batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]],
+                batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(inputs, original pixels, boxes) in batches, for windows ``boxes`` of slices ``i``."""
         geo = self.geometry.for_input(kind)
         for i, boxes in pairs:
@@ -295,13 +296,15 @@ class ParityGate:
         batch = min([default_batch(side)] + [c.max_batch for c in reduced if c.max_batch])
         pairs = list(zip(self.sample.slices, self.sample.boxes))
         runners = {"torch": reference, key: fp32} | {c.name: c.run for c in reduced}
-        res = self._evaluate(role, kind, runners, pairs, batch, f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
+        res = self._evaluate(role, kind, runners, pairs, batch,
+                             f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
         out_q = "recon pixels" if role == "g" else "prediction"
         rows = []
 
         def row(name, ref_name, quantity, precision, got, ref):
             n = int(np.asarray(got).size)
-            rows.append(compare_values(Check(name, ref_name, quantity, n, self.tol.limits(precision, ref_name)), got, ref))
+            rows.append(compare_values(Check(name, ref_name, quantity, n, self.tol.limits(precision, ref_name)), got,
+                                       ref))
 
         row(key, "torch", out_q, "fp32", res[key]["outputs"], res["torch"]["outputs"])
         if role == "g":
@@ -345,8 +348,9 @@ def table(result: ParityResult, title: str = "parity gate") -> Table:
                   rho, top, verdict)
     tol = result.tolerances
     if tol is not None:
-        notes.append(f"limits: vs torch max {tol.fp32_max_abs:g}; fp16 max {tol.fp16_max_abs:g}, p99 {tol.fp16_p99_abs:g}, "
-                     f"median {tol.fp16_median_abs:g}, map rho >= {tol.map_spearman:g}; fp32 engine max {tol.engine_fp32_max_abs:g}")
+        notes.append(f"limits: vs torch max {tol.fp32_max_abs:g}; fp16 max {tol.fp16_max_abs:g}, "
+                     f"p99 {tol.fp16_p99_abs:g}, median {tol.fp16_median_abs:g}, map rho >= {tol.map_spearman:g}; "
+                     f"fp32 engine max {tol.engine_fp32_max_abs:g}")
     t.caption = "\n".join(notes)
     t.caption_justify = "left"
     return t

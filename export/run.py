@@ -19,9 +19,9 @@ from torch import nn
 from rlp.runtime.core.errors import BadInput, InputMissing, RlpError
 from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.kinds import InputKind, PredictorKind
 from rlp.runtime.core.manifest import path_role, sha256_file
 from rlp.runtime.core.preprocess import Preprocessing
-from rlp.runtime.core.kinds import InputKind, PredictorKind
 from rlp.runtime.core.runfolder import MODEL_STAGES, RunFolder
 from rlp.train.checkpoint import load_checkpoint
 from rlp.train.models import ScaledOutput, build, target_scale
@@ -150,7 +150,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
         if not ckpt_path.is_file():
             if models is None:
                 continue
-            raise InputMissing(f"checkpoint for {key.upper()} not found (train it, or leave {key} out of --models)", ckpt_path)
+            raise InputMissing(f"checkpoint for {key.upper()} not found (train it, or leave {key} out of --models)",
+                               ckpt_path)
         state = load_checkpoint(ckpt_path)
         if state.get("stage") != stage:
             raise BadInput(f"checkpoint stage is {state.get('stage')!r}, expected {stage!r}", ckpt_path)
@@ -167,7 +168,8 @@ def load_run(path: str | os.PathLike, models: tuple[str, ...] | None = None) -> 
             raise BadInput(f"{key.upper()} and {first.upper()} were trained with different geometry or preprocessing; "
                            "retrain the predictor against this G", loaded[key].checkpoint)
     if preprocessing.size != geometry.size:
-        raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}", loaded[first].checkpoint)
+        raise BadInput(f"preprocessing size {preprocessing.size} != geometry size {geometry.size}",
+                       loaded[first].checkpoint)
     _check_inputs(loaded, geometry)
     images, brains = _read_heldout(folder.heldout, geometry.size, preprocessing.ceiling)
     g_scores, score = _scores(loaded, path)
@@ -255,9 +257,11 @@ def _check_reads(model: RunModel, geometry: WindowGeometry, kind: InputKind) -> 
     """The model's architecture fits what it reads under this geometry."""
     if kind == InputKind.DENSE:
         want = (geometry.size, geometry.window, geometry.stride)
-        if (model.arch.get("size"), model.arch.get("window"), model.arch.get("stride")) != want or not geometry.dense_ok():
+        if (model.arch.get("size"), model.arch.get("window"),
+            model.arch.get("stride")) != want or not geometry.dense_ok():
             raise BadInput(f"the dense predictor was built for size/window/stride {model.arch.get('size')}/"
-                           f"{model.arch.get('window')}/{model.arch.get('stride')}, the geometry is {'/'.join(map(str, want))}",
+                           f"{model.arch.get('window')}/{model.arch.get('stride')}, "
+                           f"the geometry is {'/'.join(map(str, want))}",
                            model.checkpoint)
     elif model.role == "r" and model.input_size != geometry.for_input(kind).input_size:
         raise BadInput(f"R reads {model.input_size}x{model.input_size} inputs, but {kind} inputs of this geometry are "

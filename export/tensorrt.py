@@ -14,7 +14,7 @@ cache TensorRT cannot use (another GPU or TensorRT version, or corrupt) is
 replaced by a fresh one, with a note in :attr:`EngineBuilder.notes`.
 
 Real engines are built only on a GPU (tests marked ``gpu``); on CPU-only CI the builder's calls and failures
-are driven with a fake ``tensorrt`` module (``tests/test_gpu_fakes.py``).
+are driven with a fake ``tensorrt`` module (``tests/runtime/test_gpu_fakes.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """rlp.runtime: the torch-free bottom layer (contracts, NIfTI I/O, bundles, heatmaps).
 
-This package must never import torch; ``tests/test_layering.py`` proves it.
+This package must never import torch; ``tests/project/test_layering.py`` proves it.
 
 Heatmaps from Python::
 
@@ -15,10 +15,10 @@ Heatmaps from Python::
 from .backends import BACKENDS, Backend, available_backends, create_backend, register_backend
 from .core.errors import RlpError
 from .core.geometry import WindowGeometry, window_positions
-from .heatmap import DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, top_windows
 from .core.manifest import Manifest, load_bundle_manifest
 from .core.nifti import Volume, load_nifti, save_like, volume_from_array
 from .core.preprocess import Preprocessing, Resampler, preprocess_slice
+from .heatmap import DEFAULT_BUNDLE, Bundle, SliceHeatmap, VolumeHeatmap, Window, default_bundle, top_windows
 from .scorers import WindowScorer, score_windows
 
 __all__ = [

@@ -42,7 +42,8 @@ class CoarseToFine:
 
     def __post_init__(self):
         if not isinstance(self.factor, int) or self.factor < 2:
-            raise RlpError(f"coarse-to-fine factor must be an integer of at least 2, got {self.factor!r}", code=EX_USAGE)
+            raise RlpError(f"coarse-to-fine factor must be an integer of at least 2, got {self.factor!r}",
+                           code=EX_USAGE)
         if not 0.0 <= float(self.refine) <= 1.0:
             raise RlpError(f"coarse-to-fine refine must be a fraction in [0, 1], got {self.refine!r}", code=EX_USAGE)
 

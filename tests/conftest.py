@@ -1,50 +1,13 @@
-"""Shared fixtures: small real data made on the fly (nothing downloaded)."""
+"""Shared fixtures: small real data made on the fly (nothing downloaded), and the ``gpu`` marker.
+
+Shared helper functions are in the ``helpers`` package beside this file (tests/helpers/), never imported from here."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> args`` the way a user's shell would."""
-    e = dict(os.environ)
-    e.pop("PYTHONWARNINGS", None)
-    if env:
-        e.update(env)
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
-
-
-def synthetic_volume(shape=(40, 44, 20), seed=0, dtype=np.int16):
-    """A skull-stripped-looking volume: an ellipsoid 'brain' with texture, 0 outside."""
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = (zz / 0.8) ** 2 + (yy / 0.75) ** 2 + (xx / 0.9) ** 2
-    brain = r < 1
-    tex = 600 + 300 * np.sin(6 * zz) * np.cos(5 * yy) + rng.normal(0, 20, shape)
-    vol = np.where(brain, tex, 0).astype(dtype)
-    return vol, brain
-
-
-def write_nifti(path: Path, data: np.ndarray, affine=None, zooms=None):
-    import nibabel as nib
-
-    aff = np.eye(4) if affine is None else affine
-    img = nib.Nifti1Image(data, aff)
-    img.set_qform(aff, 1)
-    img.set_sform(aff, 1)
-    if zooms is not None:
-        img.header.set_zooms(zooms)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +64,7 @@ def _probe_gpu(kind: str) -> str | None:
             _, cudart = backends._import_trt()
             backends.compute_capability(cudart)
             return None
-        from runtime_helpers import make_bundle
-
+        from helpers.runtime import make_bundle
         from rlp.runtime.heatmap import Bundle
 
         old_cache = os.environ.get("RLP_TRT_CACHE")

@@ -136,7 +136,8 @@ def corrupt_context(images: torch.Tensor, brains: torch.Tensor, cfg: AugmentConf
     return torch.where(brains > 0, (images + field).clamp(1e-3, ceiling), images)
 
 
-def sample_boxes(brains: torch.Tensor, geom: WindowGeometry, mode: str, gen: torch.Generator | None = None) -> torch.Tensor:
+def sample_boxes(brains: torch.Tensor, geom: WindowGeometry, mode: str,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
     """Top-left (row, col) of one box per image, (N, 2) long.
 
     ``brain``: uniformly among positions whose window holds brain tissue by the

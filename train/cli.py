@@ -82,7 +82,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--depth", type=int, help="G depth")
     t.add_argument("--adv", type=float, help="adversarial loss weight (0 disables D)")
     t.add_argument("--g-output", choices=list(G_OUTPUTS),
-                   help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) or sigmoid (the paper)")
+                   help="G's output: laplace (a mean and a scale per pixel, the calibrated z score) "
+                        "or sigmoid (the paper)")
     t.add_argument("--score", choices=list(SCORE_CHOICES),
                    help="the window score predictors learn and the bundle computes: auto (z for a Laplace G, "
                         "else l1), z (|x - mu| / b) or l1 (the paper's raw L1)")
@@ -92,7 +93,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
                    "(checkpoints predictor-NAME_*.pt, exported as model r-NAME)")
     t.add_argument("--r-width", type=int, help="R width")
     t.add_argument("--r-lr", type=float, help="R learning rate")
-    t.add_argument("--target", choices=list(TARGETS), help="R's target: window-region loss (default) or whole-image loss (paper)")
+    t.add_argument("--target", choices=list(TARGETS),
+                   help="R's target: window-region loss (default) or whole-image loss (paper)")
     t.add_argument("--target-corrupt", type=float,
                    help="dense predictor: share of the augmented target copies corrupted with augment.context_noise")
     t.add_argument("--r-steps", type=int)
@@ -129,7 +131,8 @@ def _print_result(res: dict, run: Path) -> None:
     stderr_console.print(", ".join(f"{k}={res[k]:.5g}" if isinstance(res[k], float) else f"{k}={res[k]}" for k in keys))
     if res.get("stopped_by") == "time budget":
         stderr_console.print(f"{res['stage']}: the --max-minutes budget ran out after {res['steps']} steps; the best "
-                             f"checkpoint so far ({res.get('val_key', 'validation')} {res.get('best', float('nan')):.5g}) is "
+                             f"checkpoint so far ({res.get('val_key', 'validation')} "
+                             f"{res.get('best', float('nan')):.5g}) is "
                              f"kept in {run / 'checkpoints'} and is what the next stage and rlp-export use")
 
 
@@ -139,8 +142,8 @@ def _main(argv=None) -> int:
         from .data import prepare
 
         size = a.size if a.size is not None else (128 if a.source == "mni152" else 256)
-        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force, quiet=a.quiet,
-                      version=a.preprocessing_version)
+        res = prepare(a.source, a.out, axis=a.axis, size=size, skip_bad=a.skip_bad, seed=a.seed, force=a.force,
+                      quiet=a.quiet, version=a.preprocessing_version)
         print(json.dumps(res, indent=2))
         return 0
     if not a.preset and not a.config:
@@ -179,7 +182,8 @@ def _guard_run(folder: RunFolder, cfg, a) -> None:
     from .config import TrainConfig, resume_hash
 
     if a.force and a.resume:
-        raise UsageError(f"--force (start afresh) and --resume (continue) exclude each other (see {PROG} {a.cmd} --help)")
+        raise UsageError(f"--force (start afresh) and --resume (continue) exclude each other "
+                         f"(see {PROG} {a.cmd} --help)")
     if a.force:
         _clear_stages(folder, a.cmd, cfg.predictor.variant)
         return

@@ -190,10 +190,10 @@ def _plain(d: dict) -> dict:
 DEFAULTS: dict = TrainConfig().to_dict()
 
 # Settings that must match for --resume to continue a run.
-RESUME_KEYS = {"gan": ("geometry", "gan.width", "gan.depth", "gan.max_width", "gan.upsample", "gan.d_width", "gan.d_layers", "gan.batch",
-                       "gan.output"),
-               "predictor": ("geometry", "predictor.kind", "predictor.width", "predictor.n_down", "predictor.target", "predictor.batch",
-                             "predictor.n_context", "predictor.variant", "predictor.score")}
+RESUME_KEYS = {"gan": ("geometry", "gan.width", "gan.depth", "gan.max_width", "gan.upsample", "gan.d_width",
+                       "gan.d_layers", "gan.batch", "gan.output"),
+               "predictor": ("geometry", "predictor.kind", "predictor.width", "predictor.n_down", "predictor.target",
+                             "predictor.batch", "predictor.n_context", "predictor.variant", "predictor.score")}
 
 
 def deep_update(base: dict, over: dict) -> dict:

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from rlp.runtime import __version__
-from rlp.runtime.inputs import nifti_files
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_IOERR, BadInput, CannotCreate, InputMissing, RlpError, one_line
 from rlp.runtime.core.manifest import sha256_file
 from rlp.runtime.core.nifti import AXES, check_header, load_nifti, nifti_stem
 from rlp.runtime.core.preprocess import CURRENT_VERSION, Preprocessing, preprocess_slice
 from rlp.runtime.core.progress import progress
+from rlp.runtime.inputs import nifti_files
 
 from .prepare_report import is_label, split_counts, subject_rule, warn
 
@@ -80,7 +80,8 @@ def discover(source: str, skipped: list | None = None) -> tuple[str, list[Subjec
         files = [p]
     labels = [f for f in files if not _is_mask(f.name) and is_label(nifti_stem(f))]
     if skipped is not None:
-        skipped += [{"file": str(f), "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
+        skipped += [{"file": str(f),
+                     "reason": "a label map (ground truth or segmentation), not an image"} for f in labels]
     images = [f for f in files if not _is_mask(f.name) and f not in labels]
     masks = {nifti_stem(f): f for f in files if _is_mask(f.name)}
     subs = []
@@ -155,7 +156,8 @@ def prepare(
     try:  # from the partial file's creation on: a Ctrl-C or SIGTERM at any point removes it
         f = _create_partial(h5py, partial)
         with f:
-            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources, skipped)
+            kept_subjects, n_empty = _write_volumes(f, subjects, axis, pre, quiet, skip_bad, bad_errors, sources,
+                                                    skipped)
             bad += [str(e) for e in bad_errors[len(bad):]]
             images, subj_idx = f["images"], f["subject"]
             if bad_errors and not skip_bad:

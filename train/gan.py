@@ -91,7 +91,8 @@ class GanStage(Stage):
         every = int(self.settings.sample_every or 0)
         if every and (step % every == 0 or step == int(self.settings.steps)):
             out = G(vi[:6]).cpu().numpy()
-            save_samples(self.folder.samples / f"gan_step{step:06d}.png", vi[:6].cpu().numpy(), vo[:6].cpu().numpy(), out)
+            save_samples(self.folder.samples / f"gan_step{step:06d}.png", vi[:6].cpu().numpy(), vo[:6].cpu().numpy(),
+                         out)
         rec = {"val_key": "val_l1", "val_l1": float(sc["l1"].mean()), "val_l1_image": float(sc["whole"].mean())}
         if "nll" in sc:  # a Laplace G is kept by its likelihood on held-out windows (mean and scale together)
             rec.update(val_key="val_nll", val_nll=float(sc["nll"].mean()), val_z=float(sc["z"].mean()))

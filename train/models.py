@@ -70,7 +70,8 @@ class UNetG(nn.Module):
     pixel of healthy tissue, read from the context only.
     """
 
-    def __init__(self, width: int = 16, depth: int = 4, max_width: int = 256, upsample: str = "bicubic", norm: bool = True,
+    def __init__(self, width: int = 16, depth: int = 4, max_width: int = 256, upsample: str = "bicubic",
+                 norm: bool = True,
                  output: str = "sigmoid"):
         super().__init__()
         if output not in G_OUTPUTS:
@@ -237,7 +238,8 @@ class DenseR(nn.Module):
         self.lateral = nn.ModuleList([nn.Conv2d(c, c, 1)])
         cin = c
         for _ in range(n_context):
-            self.down.append(nn.Sequential(nn.Conv2d(cin, deep, 3, 2, 1), _act(), nn.Conv2d(deep, deep, 3, 1, 1), _act()))
+            self.down.append(nn.Sequential(nn.Conv2d(cin, deep, 3, 2, 1), _act(), nn.Conv2d(deep, deep, 3, 1, 1),
+                                           _act()))
             self.lateral.append(nn.Conv2d(deep, c, 1))
             cin = deep
         # learned x2 upsampling (ConvTranspose, kernel 2 stride 2): plain convolutions export to fp16 cleanly

@@ -71,7 +71,8 @@ class WindowPredictor(PredictorStage):
         n_val, val_seed = int(s.val_windows), self.cfg.run.seed + 1
         vi, vo, self.val_boxes = fixed_windows(self.data, "val", self.geom, n_val, val_seed)
         # the same windows (same seed and rule) as R's inputs, when R reads something else than G
-        self.val_inp = vi if self.r_geom == self.geom else fixed_windows(self.data, "val", self.r_geom, n_val, val_seed)[0]
+        self.val_inp = (vi if self.r_geom == self.geom
+                        else fixed_windows(self.data, "val", self.r_geom, n_val, val_seed)[0])
         mask = box_mask_like(vo, self.geom, self.val_boxes)
         sc = g_losses(self.frozen_g, vi.to(self.device), vo.to(self.device), mask.to(self.device))
         self.target_scale = models.target_scale(self.score)
@@ -178,7 +179,8 @@ class DensePredictor(PredictorStage):
         R.eval()
         t = self.targets
         x = torch.from_numpy(t["val_images"]).unsqueeze(1)
-        pred = torch.cat([R(x[k : k + 8].to(self.device)).float()[:, 0].cpu() for k in range(0, len(x), 8)]).double().numpy()
+        pred = torch.cat([R(x[k : k + 8].to(self.device)).float()[:, 0].cpu()
+                          for k in range(0, len(x), 8)]).double().numpy()
         tgt = t["val_maps"].astype(np.float64)
         ok = np.isfinite(tgt)
         mae = float(np.abs(pred[ok] - tgt[ok]).mean())

@@ -107,7 +107,8 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
     imgs = [data.images[tr]]
     brains = [data.brains[tr]]
     for _ in range(copies - 1):
-        a, b = augment(torch.from_numpy(data.images[tr]).unsqueeze(1), torch.from_numpy(data.brains[tr]).unsqueeze(1).float(),
+        a, b = augment(torch.from_numpy(data.images[tr]).unsqueeze(1),
+                       torch.from_numpy(data.brains[tr]).unsqueeze(1).float(),
                        cfg, gen, ceiling=ceiling)
         if corrupt > 0:  # abnormal tissue too, and G's response to it: what R must predict on a lesion slice
             a = corrupt_context(a, b, replace(cfg, context_noise_p=corrupt), gen, ceiling=ceiling)
@@ -120,7 +121,8 @@ def build_targets(G: nn.Module, g_checkpoint: Path, data, data_sha256: str, geom
         step = lambda: bar.advance(task)  # noqa: E731
         train_maps = window_loss_maps(G, train_images, train_brains, geom, fraction=fraction, rng=rng,
                                       device=device, on_slice=step, score=score)
-        val_maps = window_loss_maps(G, data.images[va], data.brains[va], geom, device=device, on_slice=step, score=score)
+        val_maps = window_loss_maps(G, data.images[va], data.brains[va], geom, device=device, on_slice=step,
+                                    score=score)
     out = {"train_images": train_images, "train_maps": train_maps, "val_images": data.images[va].astype(np.float32),
            "val_maps": val_maps, "val_brains": data.brains[va].astype(bool)}
     with atomic_path(cache, suffix=".npz") as tmp:

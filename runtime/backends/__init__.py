@@ -45,8 +45,16 @@ used, unless ``NVIDIA_TF32_OVERRIDE=0`` is set).
 
 from .base import Backend
 from .checks import STANDARD_DOMAINS, CheckedModel, TensorIO, check_model
-from .ort import (OrtBackend, cuda_provider_options, import_ort, ort_providers, ort_session_options,
-                  ort_session_providers, ort_sessions, trt_cache_dir)
+from .ort import (
+    OrtBackend,
+    cuda_provider_options,
+    import_ort,
+    ort_providers,
+    ort_session_options,
+    ort_session_providers,
+    ort_sessions,
+    trt_cache_dir,
+)
 from .registry import available_backends, backend_info, create_backend, register_backend
 from .table import AUTO_ORDER, BACKENDS, GPU_BACKENDS, TABLE, BackendInfo, markdown_table
 from .trt import REBUILD_TRT, TrtBackend, _import_trt, compute_capability, matching_engines

@@ -76,9 +76,11 @@ class Backend:
             raise RlpError(f"model input has dtype {batch.dtype}, the model expects {spec.dtype}", where, EX_SOFTWARE)
         if batch.ndim != len(spec.shape) or batch.shape[0] < 1 or any(
                 want is not None and got != want for got, want in zip(batch.shape, spec.shape)):
-            raise RlpError(f"model input has shape {batch.shape}, the model expects {spec.describe()}", where, EX_SOFTWARE)
+            raise RlpError(f"model input has shape {batch.shape}, the model expects {spec.describe()}", where,
+                           EX_SOFTWARE)
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
-            raise RlpError(f"batch of {batch.shape[0]} is over this backend's limit of {self.max_batch}", where, EX_SOFTWARE)
+            raise RlpError(f"batch of {batch.shape[0]} is over this backend's limit of {self.max_batch}", where,
+                           EX_SOFTWARE)
         return np.ascontiguousarray(batch)
 
     def _check_output(self, y, n: int) -> np.ndarray:

@@ -76,7 +76,8 @@ def check_model(bundle: str | os.PathLike, key: str, entry: ModelEntry) -> Check
     except OSError as exc:
         raise BadInput(f"cannot read model {entry.file} ({exc.strerror or exc})", bundle) from None
     if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise SecurityRefusal(f"{entry.file} changed after the manifest was checked (sha256 mismatch); {REBUILD}", bundle)
+        raise SecurityRefusal(f"{entry.file} changed after the manifest was checked (sha256 mismatch); {REBUILD}",
+                              bundle)
     if not data:
         raise BadInput(f"model file {entry.file} is empty; {REBUILD}", bundle)
     model = CheckedModel(key, entry, path, bundle, data, inp, out)

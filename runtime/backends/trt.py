@@ -129,7 +129,8 @@ class TrtBackend(Backend):
         self._engine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         if sorted(names) != sorted([model.input.name, model.output.name]):
-            raise BadInput(f"{entry.file}: engine tensors {names} do not match the manifest; {REBUILD_TRT}", model.bundle)
+            raise BadInput(f"{entry.file}: engine tensors {names} do not match the manifest; {REBUILD_TRT}",
+                           model.bundle)
         for spec in (model.input, model.output):
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name)))
             if dtype != spec.dtype:

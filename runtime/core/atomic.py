@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import tempfiles
-from .tempfiles import ident as _ident
 from .errors import CannotCreate, RlpError
+from .tempfiles import ident as _ident
 
 try:
     import fcntl
@@ -324,7 +324,7 @@ def atomic_set(outputs: dict[str, str | os.PathLike], *, force: bool = False,
         key = None
         try:
             mode = _umask_mode()
-            for key, tmp in staged.temps.items():
+            for key, tmp in staged.temps.items():  # noqa: B007 (key: the file the except below names)
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.chmod(tmp, mode)  # mkstemp makes 0600; give the file the usual mode

@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 
 from .errors import EX_INTERRUPTED, EX_SOFTWARE, EX_USAGE, RlpError
 
-
 EX_TERMINATED = 128 + signal.SIGTERM
 #: optional dependencies, and how to install them (the README's Install table)
 _TRAIN = "pip install torch==2.13.0 && pip install -e '.[cpu,train]'"
@@ -175,7 +174,8 @@ def comma_subset(allowed: Sequence[str], pattern=None, also: str = "") -> Callab
         items = tuple(dict.fromkeys(x.strip().lower() for x in text.split(",") if x.strip()))
         bad = [x for x in items if x not in allowed and not (pattern is not None and pattern.fullmatch(x))]
         if not items or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}{also}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(allowed)}{also}, got {text!r}")
         return items
 
     return parse

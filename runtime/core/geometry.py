@@ -21,7 +21,6 @@ import numpy as np
 
 from .errors import BadInput
 
-
 PAINT = ("box", "tissue")
 #: G's window scores (a bundle's manifest names its own in ``loss.kind``): the paper's L1 of the
 #: reconstruction, or a Laplace G's calibrated error |x - mu| / b (both means over the box)
@@ -248,8 +247,8 @@ class WindowGeometry:
         ctx = None if self.context is None else int(round(self.context * f))
         if ctx is not None and (ctx - int(round(self.window * f))) % 2:
             ctx += 1
-        return WindowGeometry(size, max(1, int(round(self.window * f))), max(1, int(round(self.stride * f))), self.fill, ctx, self.min_tissue,
-                              self.paint)
+        return WindowGeometry(size, max(1, int(round(self.window * f))), max(1, int(round(self.stride * f))), self.fill,
+                              ctx, self.min_tissue, self.paint)
 
 
 def _check_square(a: np.ndarray, size: int, what: str) -> np.ndarray:

@@ -49,26 +49,18 @@ class TensorSpec:
 PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
 
 
-#: precision -> the suffix of a model's key (and file stem) in a bundle: the one home of the ``_fp16`` rule
-PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
-
-
-def model_key(path: str, precision: str = "fp32") -> str:
-    """The key of the model serving heatmap path ``path`` at ``precision`` (``r`` at fp16 is ``r_fp16``)."""
-    return path + PRECISION_SUFFIX[precision]
-
-
 def model_path(key: str) -> str:
     """The heatmap path a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
     return key.split("_", 1)[0]
 
 
-#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle
+#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle: the one home of the ``_fp16`` rule
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
 
 
 def model_key(path: str, precision: str = "fp32") -> str:
-    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path` undoes it."""
+    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path`
+    undoes it."""
     return path + PRECISION_SUFFIX[precision]
 
 
@@ -375,7 +367,8 @@ def verify_file(bundle: Path, rel: str, sha256: str, size: int | None) -> Path:
         raise SecurityRefusal(f"{rel} has {p.stat().st_size} bytes, the manifest says {size}; {REBUILD}", bundle)
     got = sha256_file(p)
     if got != sha256:
-        raise SecurityRefusal(f"{rel} sha256 {got[:12]}... does not match the manifest ({sha256[:12]}...); {REBUILD}", bundle)
+        raise SecurityRefusal(f"{rel} sha256 {got[:12]}... does not match the manifest ({sha256[:12]}...); {REBUILD}",
+                              bundle)
     return p
 
 

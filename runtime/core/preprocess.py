@@ -37,7 +37,6 @@ from scipy import ndimage
 
 from .errors import BadInput
 
-
 #: normalisation versions (what a manifest's preprocessing.version names): the percentile of brain voxels each
 #: divides by unless told otherwise, and the ceiling each clips to
 PERCENTILES = {1: 99.5, 2: 90.0}
@@ -110,15 +109,15 @@ class Resampler:
         extent = [n * s for n, s in zip(self.shape, sp)]
         e = max(extent)
         scale, offset = [], []
-        for n, s, ea in zip(self.shape, sp, extent):
+        for s, ea in zip(sp, extent):
             # model index i (pixel centre) -> physical (i + .5) e / N - (e - ea) / 2 -> input index / s - .5
             a = e / self.size / s
             b = (0.5 * e / self.size - (e - ea) / 2.0) / s - 0.5
             scale.append(a)
             offset.append(b)
         if max(scale) > MAX_SCALE:  # the anti-aliasing kernel alone would need terabytes
-            raise BadInput(f"voxel spacing {self.spacing} on a {self.shape[0]}x{self.shape[1]} slice is too anisotropic "
-                           f"to resample (one model pixel would span {max(scale):.3g} input pixels)")
+            raise BadInput(f"voxel spacing {self.spacing} on a {self.shape[0]}x{self.shape[1]} slice is too "
+                           f"anisotropic to resample (one model pixel would span {max(scale):.3g} input pixels)")
         object.__setattr__(self, "spacing", sp)
         object.__setattr__(self, "scale", tuple(scale))
         object.__setattr__(self, "offset", tuple(offset))

@@ -67,8 +67,8 @@ class _Lines:
             done, total = t["completed"], t["total"]
             of = f"/{total:g} ({100 * done / total:.0f}%)" if total else ""
             info = " ".join(str(v) for v in t["fields"].values() if v not in (None, ""))
-            self.console.print(f"{t['description']}: {done:g}{of}, {now - t['start']:.0f} s" + (f", {info}" if info else ""),
-                               markup=False, highlight=False, soft_wrap=True)
+            line = f"{t['description']}: {done:g}{of}, {now - t['start']:.0f} s" + (f", {info}" if info else "")
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def remove_task(self, task: int) -> None:
         self.tasks.pop(task, None)
@@ -95,7 +95,8 @@ def progress(quiet: bool = False, extra: str | None = None, *, transient: bool =
             interval = 30.0
         yield _Lines(console, interval)
         return
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn()]
     if extra:  # the extra text takes what the terminal has left, cut with an ellipsis: the bar and counts stay whole
         bar_width = 10 if console.width < 120 else 40
         cols[1] = BarColumn(bar_width=bar_width)
@@ -109,7 +110,8 @@ Advance = Callable[[int], None]
 
 
 class Reporter:
-    """Named steps with a bar each, plus tables and plain lines on stderr; ``quiet`` shows nothing (rlp-export's display)."""
+    """Named steps with a bar each, plus tables and plain lines on stderr; ``quiet`` shows nothing (rlp-export's
+    display)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet

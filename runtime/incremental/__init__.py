@@ -33,8 +33,8 @@ change of its input times the weights of only those kernel taps that read a
 changed input (``delta``: one matrix product per tap; deep in the network a
 changed output reads a changed input through about half of its taps); the
 region's other outputs are the kept map's. Any other layer runs on the batch's
-crops side by side in one image, so that its work stays in large calls although each crop is small. numpy moves whole pixels
-(channels last); a Transpose in each sub-model, which onnxruntime folds into its
+crops side by side in one image, so that its work stays in large calls although each crop is small. numpy
+moves whole pixels (channels last); a Transpose in each sub-model, which onnxruntime folds into its
 own layout change, gives the layers their NCHW. The sub-models' thread pools do
 not spin between calls (they take turns with numpy), and keep no memory arena.
 

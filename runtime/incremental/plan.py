@@ -145,7 +145,8 @@ def plan_stages(stages: list[Stage], shapes: list[tuple[int, int, int]], geometr
                          (pads[0], pads[1], end[0], end[1]), (h[0], h[1]),
                          tuple(float(np.mean(np.maximum(hi - lo + 1, 0))) for lo, hi in exact), (pairs[0], pairs[1]))
         if gemm_ok(st):  # whichever the estimate says is less work
-            plan = min([plan] + [replace(plan, how=how) for how in ("gemm", "delta")], key=lambda q: q.incremental_flops)
+            plan = min([plan] + [replace(plan, how=how) for how in ("gemm", "delta")],
+                       key=lambda q: q.incremental_flops)
         plans.append(plan)
         a, h = starts, (sizes[0], sizes[1])
     return plans, ""

@@ -240,9 +240,9 @@ class IncrementalScorer(WindowScorer):
         Each stage runs once per batch. A convolution the plan marks ``gemm`` computes only the outputs that
         really change, each from its gathered receptive field, as one matrix product; one marked ``delta``
         computes the same outputs as their kept values plus the input's change through the taps that read it;
-        the rest of its region is the kept map's. Any other layer runs on one image: the batch's input crops side by side (each widened
-        to a multiple of the stride), so that its work stays in large calls; the outputs between crops are never
-        read. Arrays are (rows, windows, cols, channels).
+        the rest of its region is the kept map's. Any other layer runs on one image: the batch's input crops side by
+        side (each widened to a multiple of the stride), so that its work stays in large calls; the outputs between
+        crops are never read. Arrays are (rows, windows, cols, channels).
         """
         if not self.plan:
             if self.fallback is None:
