@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
-from rlp.runtime.core.nifti import _invert_ornt, load_nifti, volume_from_array
+from rlp.runtime.core.nifti import load_nifti, volume_from_array
+from rlp.runtime.core.volume import _invert_ornt
 from runtime_helpers import ORIENTATIONS, make_bundle, phantom, run_cli, write_nifti
 
 
