@@ -17,7 +17,7 @@ A row is ``{name, path, method, backend, source, approx}``:
   approximate method: then its fidelity to the exact G map is the point); exact
   rows get the same fidelity numbers, which must be perfect.
 
-The parent (:mod:`rlp.bench.cli`) writes a JSON spec and runs
+The parent (:mod:`rlp.bench.runner`) writes a JSON spec and runs
 ``python -m rlp.bench.rows SPEC RESULT``; the child loads only this row's
 model, warms it up (two batches of windows), times ``runs`` heatmaps of the
 timing slice with :meth:`rlp.runtime.Bundle.heatmap_slice`, then computes the

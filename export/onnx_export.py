@@ -113,7 +113,47 @@ def export_onnx(model: nn.Module, example: torch.Tensor, input_name: str, output
         raise RlpError(f"torch.onnx.export failed for {type(model).__name__}: {first}", code=EX_SOFTWARE) from exc
     proto = program.model_proto
     _name_batch_axis(proto)
+    strip_source_paths(proto)
     return proto
+
+
+#: Metadata keys the PyTorch exporter writes that name files on the exporting machine (the Python stack of
+#: each node: absolute paths of the source tree and the virtual environment). They carry no meaning for the
+#: graph and would make the file's bytes depend on where the source lives.
+PATH_BEARING_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+
+
+def strip_source_paths(model: onnx.ModelProto) -> int:
+    """Remove path-bearing exporter metadata from every node, value and graph (subgraphs included), in place.
+
+    Model-level ``metadata_props`` (rlp's own), the producer and all other metadata are kept.
+    Returns the number of entries removed.
+    """
+    removed = 0
+    for holder in _metadata_holders(model):
+        keep = [p for p in holder.metadata_props if p.key not in PATH_BEARING_KEYS]
+        if len(keep) != len(holder.metadata_props):
+            removed += len(holder.metadata_props) - len(keep)
+            kept = [copy.deepcopy(p) for p in keep]
+            del holder.metadata_props[:]
+            holder.metadata_props.extend(kept)
+    return removed
+
+
+def _metadata_holders(model: onnx.ModelProto) -> Iterator:
+    """Every graph, node and value description of ``model`` that can carry ``metadata_props``."""
+    graphs: list = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        yield graph
+        colls = ("input", "output", "value_info", "initializer") if isinstance(graph, onnx.GraphProto) else ()
+        for coll in colls:
+            yield from getattr(graph, coll)
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
 
 
 def _name_batch_axis(model: onnx.ModelProto) -> None:

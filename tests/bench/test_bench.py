@@ -21,9 +21,11 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from rlp.bench import cli as bench_cli  # noqa: E402
+from rlp.bench import runner as bench_runner  # noqa: E402
 from rlp.bench.cases import find_inputs  # noqa: E402
 from rlp.bench.lesions import insert_lesion  # noqa: E402
-from rlp.bench.report import SCHEMA, SCHEMA_VERSION, box_hits  # noqa: E402
+from rlp.bench.quality import box_hits  # noqa: E402
+from rlp.bench.report import SCHEMA, SCHEMA_VERSION  # noqa: E402
 from rlp.runtime.core.errors import EX_CANTCREAT, EX_USAGE  # noqa: E402
 
 G_WINDOWS = 16
@@ -222,7 +224,7 @@ def test_existing_out_is_refused_without_force(bench, capsys):
 
 
 def test_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, bundle):
-    monkeypatch.setattr(bench_cli, "default_bundle", lambda: None)
+    monkeypatch.setattr(bench_runner, "default_bundle", lambda: None)
     assert bench_cli.main(["--out", str(tmp_path / "o")]) == EX_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--bundle" in err

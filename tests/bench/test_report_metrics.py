@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlp.bench.report import localisation_block
+from rlp.bench.quality import localisation_block
 from rlp.bench.rows import load_maps
 from rlp.runtime.core.geometry import WindowGeometry
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlp.bench.lesions import SUITE_KINDS, make_lesion
-from rlp.bench.report import localisation_block
+from rlp.bench.quality import localisation_block
 from rlp.bench.suite import HEALTHY, LESION, RADIUS, suite_cases
 
 

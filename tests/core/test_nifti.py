@@ -10,7 +10,8 @@ import pytest
 from nibabel import orientations as nio
 
 from helpers.runtime import ORIENTATIONS, make_bundle, phantom, run_heatmap, write_nifti
-from rlp.runtime.core.nifti import _invert_ornt, load_nifti, volume_from_array
+from rlp.runtime.core.nifti import load_nifti, volume_from_array
+from rlp.runtime.core.volume import _invert_ornt
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from nibabel import orientations as nio
 
 from helpers.runtime import make_bundle, oblique_affine, phantom, write_nifti
-from rlp.runtime.core.nifti import _invert_ornt, load_nifti, save_like
+from rlp.runtime.core.nifti import load_nifti, save_like
+from rlp.runtime.core.volume import _invert_ornt
 from rlp.runtime.heatmap import Bundle
 
 EXAMPLES = max(50, int(os.environ.get("RLP_FUZZ_EXAMPLES", "0")) // 4)

@@ -11,6 +11,7 @@ import pytest
 
 from helpers.runtime import make_bundle, run_heatmap, write_nifti
 from rlp.bench import report as rep
+from rlp.bench.report_md import headline_lines
 from rlp.runtime.coarse import CoarseToFine, coarse_to_fine, estimate, lattice
 from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.heatmap import Bundle
@@ -165,6 +166,6 @@ def test_bench_measures_an_approximate_row_against_the_plain_one():
     assert a["reference_row"] == "G · ort-cpu" and a["speedup_vs_reference"] == 3.0 and a["scored_fraction"] == 0.5
     assert a["same_argmax"] == 1 and a["top5_iou"] == 1.0 and 0.9 < a["spearman"] < 1.0
     assert a["max_abs_diff"] == pytest.approx(1 / 16)
-    lines = rep.headline_lines({"rows": rows, "summary": None})
+    lines = headline_lines({"rows": rows, "summary": None})
     assert any("APPROXIMATE, 50% of windows scored exactly" in x and "3.00x faster than G · ort-cpu" in x
                for x in lines)

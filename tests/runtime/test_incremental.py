@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers.runtime import make_bundle, run_heatmap, write_nifti
 from rlp.bench import report as rep
 from rlp.bench.paper_r import paper_r_bundle
+from rlp.bench.report_md import headline_lines
 from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.heatmap import Bundle, score_windows
@@ -321,7 +322,7 @@ def test_bench_equality_check_against_the_plain_row():
     assert good["equal"] and good["reference_row"] == "R · ort-cpu" and good["speedup_vs_reference"] == 4.0
     assert abs(good["max_abs_diff"] - 2e-7) < 1e-12
     assert not bad["equal"] and abs(bad["max_abs_diff"] - 0.1) < 1e-12
-    lines = rep.headline_lines({"rows": rows, "summary": None})
+    lines = headline_lines({"rows": rows, "summary": None})
     assert any("maps equal to R · ort-cpu's within 1e-06 (max |diff| 2e-07, 1 slice); speed-up over it 4.00x" in x
                for x in lines)
     assert any("NOT equal" in x for x in lines)

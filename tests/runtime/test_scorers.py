@@ -78,7 +78,7 @@ def test_a_plain_scorer_is_the_pure_function_on_its_model_geometry(tmp_path):
 
 
 def test_one_name_for_a_window_box_holding_a_lesion():
-    from rlp.bench import report
+    from rlp.bench import quality as report
 
     lesion = np.zeros((10, 10), bool)
     lesion[5, 5] = True
