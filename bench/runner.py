@@ -31,11 +31,9 @@ from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_c
 from .environment import environment, gpus
 from .panels import misses, panels
 from .quality import fidelity_block, localisation_block
-from .report import (MB, SCHEMA, SCHEMA_VERSION, add_equality, add_speedups, clean, latency_label,
-                     summary)
+from .report import MB, SCHEMA, SCHEMA_VERSION, add_equality, add_speedups, clean, latency_label, summary
 from .report_md import headline_lines, markdown, terminal_table
-from .rows import (TORCH_BACKENDS, WARMUP_BATCHES, Row, backend_facts, check_run_matches, load_maps, map_record,
-                   run_row)
+from .rows import TORCH_BACKENDS, WARMUP_BATCHES, Row, backend_facts, check_run_matches, load_maps, map_record, run_row
 from .suite import SUITE_HEALTHY, SUITE_LESIONS, suite_cases
 
 PROG = "rlp-bench"

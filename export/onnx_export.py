@@ -94,11 +94,13 @@ def _quiet_exporter() -> Iterator[None]:
 def check_opset(opset: int) -> int:
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
-        raise RlpError(f"--opset {opset} is not supported: this exporter writes opset {MIN_OPSET} to {newest}", code=EX_USAGE)
+        raise RlpError(f"--opset {opset} is not supported: this exporter writes opset {MIN_OPSET} to {newest}",
+                       code=EX_USAGE)
     return opset
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int) -> onnx.ModelProto:
+def export_onnx(model: nn.Module, example: torch.Tensor, input_name: str, output_name: str,
+                opset: int) -> onnx.ModelProto:
     """Export ``model`` (already prepared) with a dynamic batch axis; returns the ONNX model in memory."""
     check_opset(opset)
     batch = torch.export.Dim(BATCH, min=1)
@@ -228,7 +230,8 @@ def check_onnx(model: onnx.ModelProto, what: str) -> dict:
     domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
     foreign = sorted(domains - STANDARD_DOMAINS)
     if foreign:
-        raise BadInput(f"{what}: non-standard operator domain(s) {', '.join(foreign)}; only {sorted(STANDARD_DOMAINS)} are allowed")
+        raise BadInput(f"{what}: non-standard operator domain(s) {', '.join(foreign)}; "
+                       f"only {sorted(STANDARD_DOMAINS)} are allowed")
     if model.functions:
         raise BadInput(f"{what}: graph has {len(model.functions)} local function(s); expected a flat graph")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
