@@ -1,0 +1,329 @@
+"""NIfTI reading and writing (``runtime/nifti.py``) pinned where mutation testing found it loose (issue 23,
+tests/MUTATION.md): the header checks at their boundaries and with their messages, the Volume's
+axes, ``volume_from_array`` and what ``save_like`` writes. Public functions only, no CLI (fast)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rlp.runtime import nifti
+from rlp.runtime.errors import EX_IOERR, BadInput, InputMissing, RlpError
+from rlp.runtime.nifti import (HEATMAP_DESCRIP, check_header, load_nifti, nifti_stem, nifti_suffix, not_regular,
+                               save_like, volume_from_array)
+from runtime_helpers import ORIENTATIONS, write_nifti
+
+DATA = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+AFF = np.diag([2.0, 3.0, 4.0, 1.0])
+
+
+def _refused(path, words, kind=BadInput):
+    with pytest.raises(kind) as exc:
+        load_nifti(path)
+    msg = str(exc.value)
+    assert exc.value.path == str(path) and words in msg, msg
+    return msg
+
+
+def test_suffix_and_stem():
+    assert nifti_suffix("a/B.NII.GZ") == ".nii.gz" and nifti_suffix("x.Nii") == ".nii"
+    assert nifti_suffix("x.img") is None and nifti_suffix("x.gz") is None
+    assert nifti_stem("d/brain.T1.nii.gz") == "brain.T1" and nifti_stem("d/b.NII") == "b"
+    assert nifti_stem("d/b.img") == "b"
+
+
+def test_a_volume_reads_with_its_zooms_affine_and_shape(tmp_path):
+    for name in ("v.nii", "v.nii.gz"):
+        vol = load_nifti(write_nifti(tmp_path / name, DATA, AFF))
+        assert vol.data.dtype == np.float32 and vol.data.flags.c_contiguous
+        np.testing.assert_array_equal(vol.data, DATA)
+        assert vol.zooms == (2.0, 3.0, 4.0) and vol.file_shape == (4, 5, 3) and vol.warnings == []
+        np.testing.assert_array_equal(vol.affine, AFF)
+        assert vol.affine.dtype == np.float64 and vol.path == tmp_path / name
+        assert check_header(tmp_path / name) == (4, 5, 3)
+
+
+def test_the_slice_axis_and_slices():
+    vol = volume_from_array(DATA, AFF)
+    assert vol.slice_axis() == 2 and vol.slice_axis("axial") == 2
+    assert vol.slice_axis("coronal") == 1 and vol.slice_axis("sagittal") == 0
+    assert vol.slices("coronal") == (1, 5) and vol.slices() == (2, 3)
+    with pytest.raises(BadInput, match=r"array: unknown axis 'oblique'; choose one of sagittal, coronal, axial"):
+        vol.slice_axis("oblique")
+    sl, sp = vol.get_slice(1, 2)
+    np.testing.assert_array_equal(sl, DATA[:, 2, :])
+    assert sp == (2.0, 4.0)
+    assert vol.get_slice(0, 3)[1] == (3.0, 4.0) and vol.get_slice(2, 0)[1] == (2.0, 3.0)
+    # a singleton axis is the slice axis whatever is asked; the last one where there are two
+    one = volume_from_array(np.zeros((4, 1, 1), np.float32))
+    assert one.slice_axis("sagittal") == 2 and one.slices("oblique") == (2, 1)
+    assert volume_from_array(np.zeros((1, 4, 5), np.float32)).slice_axis("axial") == 0
+
+
+def test_a_2d_file_is_a_volume_of_one_slice_and_goes_back_to_2d(tmp_path):
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    vol = load_nifti(write_nifti(tmp_path / "s.nii", img, AFF))
+    assert vol.data.shape == (3, 4, 1) and vol.file_shape == (3, 4) and vol.slice_axis() == 2
+    assert vol.zooms == (2.0, 3.0, 1.0)
+    np.testing.assert_array_equal(vol.to_file_grid(vol.data), img)
+    np.testing.assert_allclose(vol.canonical_to_file([1, 2, 0]), [[1, 2, 0]])
+    np.testing.assert_allclose(vol.voxel_to_world([1, 2, 0]), [[2, 6, 0]])
+
+
+def test_file_axes_of_a_flipped_and_permuted_volume(tmp_path):
+    aff = ORIENTATIONS["PSL"] if "PSL" in ORIENTATIONS else np.array([[0, 0, -1, 0], [-1, 0, 0, 0], [0, 1, 0, 0],
+                                                                      [0, 0, 0, 1.0]])
+    vol = load_nifti(write_nifti(tmp_path / "p.nii", DATA, aff))
+    seen = sorted(vol.file_axis(k)[0] for k in range(3))
+    assert seen == [0, 1, 2]
+    for k in range(3):
+        i, flip = vol.file_axis(k)
+        assert isinstance(flip, bool) and isinstance(i, int)
+        assert vol.data.shape[k] == DATA.shape[i]
+        n = vol.data.shape[k]
+        assert vol.file_to_canonical_index(k, 0) == (n - 1 if flip else 0)
+    with pytest.raises(ValueError, match="canonical axis 5 has no file axis"):
+        vol.file_axis(5)
+    np.testing.assert_array_equal(vol.to_file_grid(vol.data), DATA)
+
+
+def test_not_regular_names_the_kind(tmp_path):
+    assert not_regular(os.stat(__file__).st_mode) is None
+    assert not_regular(os.stat(tmp_path).st_mode) == "a directory"
+    os.mkfifo(tmp_path / "f")
+    assert not_regular(os.stat(tmp_path / "f").st_mode) == "a FIFO (named pipe)"
+    assert not_regular(os.stat("/dev/null").st_mode) == "a character device"
+    assert not_regular(0) == "not a file"
+
+
+def test_files_that_cannot_be_opened_as_nifti(tmp_path):
+    os.mkfifo(tmp_path / "f.nii")
+    _refused(tmp_path / "f.nii", "not a regular file (it is a FIFO (named pipe)); expected a .nii or .nii.gz file")
+    _refused(tmp_path / "none.nii", "no such file", InputMissing)
+    (tmp_path / "file").write_bytes(b"x")
+    _refused(tmp_path / "file" / "x.nii", "no such file", InputMissing)  # a file as a folder: NotADirectoryError
+    with pytest.raises(RlpError) as exc:
+        load_nifti(tmp_path / ("x" * 300 + ".nii"))
+    assert exc.value.code == EX_IOERR and "too long" in str(exc.value).lower()
+    (tmp_path / "e.nii").write_bytes(b"")
+    _refused(tmp_path / "e.nii", "empty file")
+    write_nifti(tmp_path / "a.img", DATA, AFF)
+    _refused(tmp_path / "a.img", "unknown extension; expected .nii or .nii.gz")
+    (tmp_path / "g.nii").write_bytes(gzip.compress(write_nifti(tmp_path / "p.nii", DATA, AFF).read_bytes()))
+    _refused(tmp_path / "g.nii", "named .nii but is gzip-compressed (rename it to .nii.gz)")
+    (tmp_path / "p.nii.gz").write_bytes((tmp_path / "p.nii").read_bytes())
+    _refused(tmp_path / "p.nii.gz", "named .nii.gz but is not gzip-compressed")
+    # a file whose first byte only is the gzip magic is not gzip
+    (tmp_path / "h.nii.gz").write_bytes(b"\x1f" + b"\0" * 400)
+    _refused(tmp_path / "h.nii.gz", "not gzip-compressed")
+
+
+def test_the_size_cap(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "v.nii", np.zeros((10, 10, 10)), AFF, dtype=np.float32)  # 4000 bytes
+    monkeypatch.setattr(nifti, "MAX_VOXEL_BYTES", 4000)
+    assert load_nifti(f).data.shape == (10, 10, 10)
+    monkeypatch.setattr(nifti, "MAX_VOXEL_BYTES", 3999)
+    msg = _refused(f, "header declares 10x10x10 voxels of 4 bytes (0.00 GiB), over the 0.00 GiB cap "
+                      "(set RLP_MAX_VOXEL_BYTES to raise it)")
+    with pytest.raises(BadInput, match="over the 0.00 GiB cap"):
+        check_header(f)
+    monkeypatch.setattr(nifti, "MAX_VOXEL_BYTES", 3 << 30)
+    f = write_nifti(tmp_path / "big.nii", np.zeros((2, 2, 2)), AFF, dtype=np.float32, dim=[3, 1024, 1024, 1024, 1, 1,
+                                                                                          1, 1])
+    _refused(f, "header declares 1024x1024x1024 voxels of 4 bytes (4.00 GiB), over the 3.00 GiB cap")
+    assert msg
+
+
+def test_vox_offset_and_truncation(tmp_path):
+    f = write_nifti(tmp_path / "o.nii", DATA, AFF, vox_offset=351)
+    _refused(f, "header vox_offset 351 is not a usable data offset")
+    write_nifti(tmp_path / "n.nii", DATA, AFF, vox_offset=np.nan)
+    _refused(tmp_path / "n.nii", "header vox_offset nan is not a usable data offset")
+    f = write_nifti(tmp_path / "ok.nii", DATA, AFF)
+    assert load_nifti(f).data.shape == (4, 5, 3)
+    raw = f.read_bytes()
+    assert len(raw) == 352 + 240
+    (tmp_path / "t.nii").write_bytes(raw[:-1])
+    _refused(tmp_path / "t.nii", "truncated: 591 bytes, header needs 592")
+    with pytest.raises(BadInput, match="truncated: 591 bytes, header needs 592"):
+        check_header(tmp_path / "t.nii")
+    (tmp_path / "t.nii.gz").write_bytes(gzip.compress(raw[:-1]))
+    _refused(tmp_path / "t.nii.gz", "truncated: 591 bytes of data, header needs 592")
+    (tmp_path / "x.nii").write_bytes(raw + b"extra")  # more than the header needs is fine
+    np.testing.assert_array_equal(load_nifti(tmp_path / "x.nii").data, DATA)
+
+
+def test_a_large_gzip_volume_is_read_in_full(tmp_path):
+    big = np.random.default_rng(0).random((256, 256, 40)).astype(np.float32)  # 10 MiB: more than one chunk
+    f = write_nifti(tmp_path / "b.nii.gz", big, AFF)
+    np.testing.assert_array_equal(load_nifti(f).data, big)
+
+
+def test_a_corrupt_gzip_trailer_is_found(tmp_path):
+    f = write_nifti(tmp_path / "c.nii.gz", DATA, AFF)
+    raw = bytearray(f.read_bytes())
+    raw[-8] ^= 0xFF  # the CRC32: the data decompress fine, only the trailer is wrong
+    f.write_bytes(bytes(raw))
+    assert check_header(f) == (4, 5, 3)  # the header alone does not see it
+    msg = _refused(f, "corrupt or truncated gzip stream (")
+    assert "\n" not in msg
+
+
+def test_header_sizes_and_endianness(tmp_path):
+    (tmp_path / "s.nii").write_bytes(write_nifti(tmp_path / "full.nii", DATA, AFF).read_bytes()[:347])
+    _refused(tmp_path / "s.nii", "too short to be a NIfTI file (no complete header)")
+    big = nib.Nifti1Image(DATA.astype(">f4"), AFF, header=nib.Nifti1Header(endianness=">"))
+    (tmp_path / "be.nii").write_bytes(big.to_bytes())
+    assert big.to_bytes()[:4] == (348).to_bytes(4, "big")
+    np.testing.assert_array_equal(load_nifti(tmp_path / "be.nii").data, DATA)
+    two = write_nifti(tmp_path / "two.nii", DATA, AFF, nifti2=True)
+    np.testing.assert_array_equal(load_nifti(two).data, DATA)
+    assert load_nifti(two).zooms == (2.0, 3.0, 4.0)
+    (tmp_path / "two_short.nii").write_bytes(two.read_bytes()[:539])
+    _refused(tmp_path / "two_short.nii", "too short to be a NIfTI-2 file (no complete header)")
+    be2 = nib.Nifti2Image(DATA.astype(">f4"), AFF, header=nib.Nifti2Header(endianness=">"))
+    (tmp_path / "be2.nii").write_bytes(be2.to_bytes())
+    assert be2.to_bytes()[:4] == (540).to_bytes(4, "big")
+    np.testing.assert_array_equal(load_nifti(tmp_path / "be2.nii").data, DATA)
+    (tmp_path / "bad.nii").write_bytes(b"\x01\x02\x03\x04" + b"\0" * 600)
+    _refused(tmp_path / "bad.nii", "not a NIfTI file (bad header size)")
+
+
+@pytest.mark.parametrize("dim0, ok", [(0, False), (1, "is not an image (shape (6,))"), (7, True), (8, False)])
+def test_dim0_from_1_to_7(tmp_path, dim0, ok):
+    line = np.arange(6, dtype=np.float32)
+    dim = [dim0, 6, 1, 1, 1, 1, 1, 1]
+    f = write_nifti(tmp_path / "d.nii", line.reshape(6, 1, 1, 1, 1, 1, 1) if dim0 == 7 else line.reshape(6, 1, 1),
+                    AFF, dim=dim)
+    if isinstance(ok, str):  # past the header check: refused later, as a line is not an image
+        _refused(f, ok)
+    elif ok:
+        vol = load_nifti(f)
+        assert vol.data.shape == (6, 1, 1)
+    else:
+        _refused(f, f"header dim[0]={dim0} outside 1..7")
+
+
+def test_only_the_declared_dimensions_must_be_positive(tmp_path):
+    # dim[0] = 3: dim[4] and up are not dimensions and may be anything
+    f = write_nifti(tmp_path / "ok.nii", DATA, AFF, dim=[3, 4, 5, 3, 0, -1, 0, 0])
+    assert load_nifti(f).data.shape == (4, 5, 3)
+    f = write_nifti(tmp_path / "z.nii", DATA, AFF, dim=[3, 4, 5, 0, 1, 1, 1, 1])
+    _refused(f, "header has a zero or negative dimension (4, 5, 0)")
+    f = write_nifti(tmp_path / "z1.nii", DATA, AFF, dim=[3, 0, 5, 3, 1, 1, 1, 1])
+    _refused(f, "header has a zero or negative dimension (0, 5, 3)")
+
+
+def test_data_types_and_bitpix(tmp_path):
+    for dt in (np.uint8, np.int16, np.int32, np.float64, np.int8, np.uint16, np.uint32):
+        np.testing.assert_array_equal(load_nifti(write_nifti(tmp_path / f"{np.dtype(dt).name}.nii", DATA, AFF,
+                                                             dtype=dt)).data, DATA)
+    f = write_nifti(tmp_path / "c.nii", DATA, AFF, datatype=32, bitpix=64)
+    _refused(f, "unsupported NIfTI data type code 32 (complex, RGB or unknown)")
+    f = write_nifti(tmp_path / "b.nii", DATA, AFF, bitpix=16)
+    _refused(f, "header datatype 16 (32 bits) disagrees with bitpix 16")
+
+
+def test_voxel_sizes_are_checked_only_along_real_axes(tmp_path):
+    f = write_nifti(tmp_path / "z.nii", DATA, AFF, pixdim=[1, 2.0, 3.0, 0.0, 1, 1, 1, 1])
+    _refused(f, "voxel size pixdim[3]=0 is not a positive number")
+    f = write_nifti(tmp_path / "i.nii", DATA, AFF, pixdim=[1, np.inf, 3.0, 4.0, 1, 1, 1, 1])
+    _refused(f, "voxel size pixdim[1]=inf is not a positive number")
+    # a one-voxel axis may have any voxel size: a single slice with pixdim 0 through the slice
+    one = np.arange(20, dtype=np.float32).reshape(4, 5, 1)
+    f = write_nifti(tmp_path / "one.nii", one, AFF, pixdim=[1, 2.0, 3.0, 0.0, 1, 1, 1, 1])
+    vol = load_nifti(f)
+    assert vol.data.shape == (4, 5, 1) and vol.zooms == (2.0, 3.0, 1.0)
+    # dim[0] = 2: only pixdim[1] and pixdim[2] are voxel sizes
+    f = write_nifti(tmp_path / "two.nii", one[..., 0], AFF, pixdim=[1, 2.0, 3.0, np.nan, 1, 1, 1, 1])
+    assert load_nifti(f).data.shape == (4, 5, 1)
+
+
+def test_scale_slope_notes(tmp_path):
+    for slope in (0.0, np.nan):
+        vol = load_nifti(write_nifti(tmp_path / "s.nii", DATA, AFF, scl_slope=slope))
+        assert vol.warnings == [f"scl_slope is {slope:g}; voxel values used unscaled (as nibabel does)"]
+        np.testing.assert_array_equal(vol.data, DATA)
+    vol = load_nifti(write_nifti(tmp_path / "two.nii", DATA, AFF, dtype=np.int16, scl_slope=2.0, scl_inter=1.0))
+    np.testing.assert_array_equal(vol.data, 2 * DATA + 1)
+    assert vol.warnings == []
+
+
+def test_qform_and_sform_notes(tmp_path):
+    q = AFF.copy()
+    q[0, 3] = 0.01  # within 1e-3 mm? no: 0.01 mm apart is a disagreement
+    vol = load_nifti(write_nifti(tmp_path / "d.nii", DATA, AFF, qform=q))
+    assert vol.warnings == ["qform and sform disagree; using the sform (nibabel's choice)"]
+    q[0, 3] = 0.0005
+    assert load_nifti(write_nifti(tmp_path / "s.nii", DATA, AFF, qform=q)).warnings == []
+    q[0, 3] = 5.0
+    for qc, sc in ((0, 1), (1, 0)):
+        assert load_nifti(write_nifti(tmp_path / "o.nii", DATA, AFF, qform=q, qform_code=qc,
+                                      sform_code=sc)).warnings == []
+    vol = load_nifti(write_nifti(tmp_path / "n.nii", DATA, AFF, qform_code=0, sform_code=0))
+    assert vol.warnings == ["qform and sform codes are both 0; orientation is unknown, assuming the voxel axes"]
+
+
+def test_volume_from_array_checks(tmp_path):
+    vol = volume_from_array(DATA.astype(np.int16))
+    assert vol.data.dtype == np.float32 and vol.zooms == (1.0, 1.0, 1.0) and vol.path.name == "array"
+    np.testing.assert_array_equal(vol.affine, np.eye(4))
+    np.testing.assert_array_equal(volume_from_array(DATA > 30).data, (DATA > 30).astype(np.float32))
+    for bad in (DATA.astype(np.complex64), np.array([["a"]]), np.zeros((2, 2), object)):
+        with pytest.raises(BadInput, match=r"^in\.nii: unsupported data type "):
+            volume_from_array(bad, name="in.nii")
+    with pytest.raises(BadInput, match=r"affine has shape \(3, 3\), expected \(4, 4\)"):
+        volume_from_array(DATA, np.eye(3))
+    bad = np.eye(4)
+    bad[0, 0] = np.inf
+    with pytest.raises(BadInput, match="affine is singular or non-finite"):
+        volume_from_array(DATA, bad)
+    bad[0, 0] = 0.0
+    with pytest.raises(BadInput, match="affine is singular or non-finite"):
+        volume_from_array(DATA, bad)
+    with pytest.raises(BadInput, match=r"is not an image \(shape \(6,\)\)"):
+        volume_from_array(np.zeros(6))
+    four = volume_from_array(DATA[..., None])
+    assert four.data.shape == (4, 5, 3) and four.file_shape == (4, 5, 3, 1)
+    with pytest.raises(BadInput, match=r"has 2 volumes \(shape \(4, 5, 3, 2\)\); extract one volume first"):
+        volume_from_array(np.stack([DATA, DATA], -1))
+    v = volume_from_array(DATA, np.diag([-2.0, 3.0, 0.5, 1.0]))
+    assert v.zooms == (2.0, 3.0, 0.5)  # canonical order, positive
+    np.testing.assert_array_equal(v.data, DATA[::-1])
+
+
+def test_save_like_writes_a_float32_heatmap_on_the_input_grid(tmp_path):
+    src = write_nifti(tmp_path / "in.nii", DATA.astype(np.int16), AFF, dtype=np.int16, scl_slope=2.0, intent_code=2)
+    vol = load_nifti(src)
+    heat = np.linspace(0, 3, DATA.size).reshape(DATA.shape)
+    out = save_like(tmp_path / "h", heat, vol)
+    assert out == tmp_path / "h"
+    raw = (tmp_path / "h").read_bytes()
+    assert raw[:2] == b"\x1f\x8b"  # no NIfTI suffix: written gzip-compressed
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(raw))
+    assert img.get_data_dtype() == np.float32 and img.shape == DATA.shape
+    np.testing.assert_allclose(np.asarray(img.dataobj), heat.astype(np.float32))
+    h = img.header
+    assert h.get_slope_inter() in ((None, None), (1.0, 0.0))  # the input's slope 2 is not kept
+    assert int(h["intent_code"]) == 0 and h["intent_name"].item() == b""
+    assert float(h["cal_min"]) == 0.0 and float(h["cal_max"]) == pytest.approx(3.0)
+    assert h["descrip"].item() == HEATMAP_DESCRIP
+    np.testing.assert_array_equal(img.affine, AFF)
+    plain = save_like(tmp_path / "h.nii", heat, vol, force=False)
+    assert plain.read_bytes()[348:352] != b"" and plain.read_bytes()[:2] != b"\x1f\x8b"
+    with pytest.raises(RlpError, match="exists"):
+        save_like(tmp_path / "h.nii", heat, vol, force=False)
+    with pytest.raises(ValueError, match=r"data shape \(4, 5\) != input shape \(4, 5, 3\)"):
+        save_like(tmp_path / "w.nii", heat[..., 0], vol)
+    assert not (tmp_path / "w.nii").exists()
+
+
+def test_save_like_keeps_nifti2(tmp_path):
+    vol = load_nifti(write_nifti(tmp_path / "in.nii", DATA, AFF, nifti2=True))
+    save_like(tmp_path / "h.nii", np.zeros(DATA.shape), vol)
+    assert int.from_bytes((tmp_path / "h.nii").read_bytes()[:4], "little") == 540
+    assert float(nib.load(str(tmp_path / "h.nii")).header["cal_max"]) == 0.0
