@@ -249,7 +249,7 @@ def test_a_bad_model_entry_is_named(change, shown):
 def test_engines_are_checked():
     d = _dict()
     d["engines"] = {}
-    assert "engines is not a list" in _problem(d)
+    assert "malformed manifest (engines is not a list);" in _problem(d)
     d["engines"] = [{"model": "r", "max_batch": "9"}]
     assert "engines[].max_batch is '9'" in _problem(d)
     d["engines"] = [{"model": "r"}]  # the right types but fields missing: refused by the constructor
@@ -413,3 +413,154 @@ def test_engines_are_verified_when_loading(tmp_path):
     d["engines"][0]["size"] = 4
     (b / MANIFEST).write_text(json.dumps(d))
     assert load_bundle_manifest(b).engines[0].file == "r.plan"
+
+
+def test_centre_coverage_at_odd_sizes_and_one_pixel_windows():
+    # size 41: the centre is pixel 20 alone; a window over 16..19 ends one short of it
+    msg = _problem(_dict(size=41, window=4, stride=16))
+    assert "geometry (size 41, window 4, stride 16) places no window over the centre" in msg
+    # size 40: the centre is 19 and 20; a window over 14..17 ends two short of it
+    assert "places no window over the centre" in _problem(_dict(size=40, window=4, stride=14))
+    # one-pixel windows are checked like any other
+    assert "geometry.stride 32 is larger than size - window = 31" in _problem(_dict(size=32, window=1, stride=32))
+
+
+def test_manifest_file_problems_name_the_manifest(tmp_path, monkeypatch):
+    from rlp.runtime import manifest as manifest_mod
+
+    b = make_bundle(tmp_path / "b")
+    size = (b / MANIFEST).stat().st_size
+    monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", size)  # exactly the limit: read
+    assert load_bundle_manifest(b).paths() == ("g", "r")
+    monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", size - 1)
+    with pytest.raises(BadInput) as exc:
+        load_bundle_manifest(b)
+    assert exc.value.path == str(b / MANIFEST)
+    monkeypatch.undo()
+    text = (b / MANIFEST).read_text()
+    (b / MANIFEST).unlink()
+    with pytest.raises(InputMissing) as exc:
+        load_bundle_manifest(b)
+    assert str(exc.value) == f"{b}: no manifest.json; is this an rlp bundle? rebuild the bundle with rlp-export"
+    (tmp_path / "real.json").write_text(text)
+    (b / MANIFEST).symlink_to(tmp_path / "real.json")
+    with pytest.raises(SecurityRefusal) as exc:
+        load_bundle_manifest(b)
+    assert str(exc.value) == f"{b}: manifest 'manifest.json' is a symbolic link; refused"
+
+
+def test_a_hash_mismatch_names_the_bundle(tmp_path):
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "m").write_bytes(b"abc")
+    with pytest.raises(SecurityRefusal) as exc:
+        verify_file(b, "m", "f" * 64, 3)
+    assert exc.value.path == str(b)
+
+
+def test_a_model_of_another_size_is_refused_by_its_size(tmp_path):
+    b = make_bundle(tmp_path / "b")
+    n = (b / "r.onnx").stat().st_size
+    with open(b / "r.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(SecurityRefusal, match=f"r.onnx has {n + 1} bytes, the manifest says {n}; rebuild"):
+        load_bundle_manifest(b)
+
+
+def test_the_size_limit_is_16_mib(tmp_path):
+    b = make_bundle(tmp_path / "b")
+    os.truncate(b / MANIFEST, (16 << 20) + 1)  # sparse: never read
+    with pytest.raises(BadInput) as exc:
+        load_bundle_manifest(b)
+    assert str(exc.value) == (f"{b / MANIFEST}: manifest is {(16 << 20) + 1} bytes, more than the 16 MiB a manifest "
+                              "can be; rebuild the bundle with rlp-export")
+
+
+def test_an_unreadable_manifest_is_an_io_error(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    from rlp.runtime.errors import EX_IOERR, RlpError
+
+    b = make_bundle(tmp_path / "b")
+    for exc_in, words in ((OSError(errno.EACCES, "Permission denied"), "Permission denied"), (OSError("boom"), "boom")):
+        def refuse(self, *a, exc_in=exc_in, **k):
+            raise exc_in
+
+        monkeypatch.setattr(pathlib.Path, "read_text", refuse)
+        with pytest.raises(RlpError) as exc:
+            load_bundle_manifest(b)
+        assert str(exc.value) == f"{b / MANIFEST}: cannot read the manifest ({words})"
+        assert exc.value.code == EX_IOERR and exc.value.path == str(b / MANIFEST)
+
+
+def test_a_path_that_cannot_be_resolved_is_refused(tmp_path, monkeypatch):
+    import pathlib
+
+    b = tmp_path / "b"
+    b.mkdir()
+    real = pathlib.Path.resolve
+
+    def resolve(self, strict=False):
+        if self.name == "loop":
+            raise OSError("Too many levels of symbolic links")
+        return real(self, strict=strict)
+
+    monkeypatch.setattr(pathlib.Path, "resolve", resolve)
+    with pytest.raises(SecurityRefusal) as exc:
+        resolve_inside(b, "loop", "model")
+    assert str(exc.value) == f"{b}: cannot resolve model 'loop' (Too many levels of symbolic links)"
+    assert exc.value.path == str(b)
+
+
+def test_a_link_inside_the_bundle_is_refused_naming_the_bundle(tmp_path):
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "f").write_bytes(b"1")
+    (b / "l").symlink_to(b / "f")
+    with pytest.raises(SecurityRefusal) as exc:
+        resolve_inside(b, "l")
+    assert exc.value.path == str(b) and str(exc.value).endswith("file 'l' is a symbolic link; refused")
+
+
+@pytest.mark.parametrize("key", ["percentile", "interpolation_order", "min_brain_pixels", "nonfinite"])
+def test_optional_preprocessing_fields_may_be_missing(key):
+    d = _dict()
+    d["preprocessing"].pop(key)
+    assert getattr(Manifest.from_dict(d).preprocessing, key) == getattr(Preprocessing(size=32), key)
+
+
+def test_a_path_resolving_outside_or_onto_the_bundle(tmp_path, monkeypatch):
+    import pathlib
+
+    b = tmp_path / "b"
+    b.mkdir()
+    with pytest.raises(BadInput, match=r": bundle file \. is not a regular file"):  # the bundle itself
+        verify_file(b, ".", "0" * 64, 1)
+    real = pathlib.Path.resolve
+
+    def resolve(self, strict=False):  # as if a component were swapped for a link after it was checked
+        return tmp_path / "elsewhere" if self.name == "away" else real(self, strict=strict)
+
+    monkeypatch.setattr(pathlib.Path, "resolve", resolve)
+    with pytest.raises(SecurityRefusal) as exc:
+        resolve_inside(b, "away", "model")
+    assert str(exc.value) == f"{b}: model 'away' resolves outside the bundle" and exc.value.path == str(b)
+
+
+def test_a_hard_link_is_refused_naming_the_bundle(tmp_path):
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "f").write_bytes(b"1")
+    os.link(b / "f", b / "g")
+    with pytest.raises(SecurityRefusal) as exc:
+        resolve_inside(b, "f")
+    assert exc.value.path == str(b)
+
+
+def test_a_tensor_without_a_shape_is_malformed_and_external_data_is_optional():
+    d = _dict()
+    d["models"]["r"].pop("external_data")
+    assert Manifest.from_dict(d).models["r"].external_data == []
+    d["models"]["r"]["inputs"][0].pop("shape")
+    assert "malformed manifest (TypeError: " in _problem(d)
