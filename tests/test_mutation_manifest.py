@@ -564,3 +564,8 @@ def test_a_tensor_without_a_shape_is_malformed_and_external_data_is_optional():
     assert Manifest.from_dict(d).models["r"].external_data == []
     d["models"]["r"]["inputs"][0].pop("shape")
     assert "malformed manifest (TypeError: " in _problem(d)
+
+
+def test_json_depth_counts_only_brackets():
+    assert json_depth("X[[1]]X") == 2  # letters (of broken JSON) outside strings are not brackets
+    assert json_depth("[1]X[2]") == 1

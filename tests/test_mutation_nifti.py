@@ -327,3 +327,73 @@ def test_save_like_keeps_nifti2(tmp_path):
     save_like(tmp_path / "h.nii", np.zeros(DATA.shape), vol)
     assert int.from_bytes((tmp_path / "h.nii").read_bytes()[:4], "little") == 540
     assert float(nib.load(str(tmp_path / "h.nii")).header["cal_max"]) == 0.0
+
+
+def test_indices_of_a_2d_file_with_a_flipped_slice_axis_and_of_a_4d_file(tmp_path):
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    vol = load_nifti(write_nifti(tmp_path / "f.nii", img, np.diag([2.0, 3.0, -4.0, 1.0])))
+    np.testing.assert_allclose(vol.canonical_to_file([1, 2, 0]), [[1, 2, 0]])
+    np.testing.assert_allclose(vol.voxel_to_world([1, 2, 0]), [[2, 6, 0]])
+    four = load_nifti(write_nifti(tmp_path / "four.nii", DATA[..., None], np.diag([2.0, 3.0, -4.0, 1.0])))
+    assert four.file_shape == (4, 5, 3, 1) and four.data.shape == (4, 5, 3)
+    np.testing.assert_allclose(four.canonical_to_file([1, 2, 0]), [[1, 2, 2]])
+    np.testing.assert_array_equal(four.to_file_grid(four.data), DATA[..., None])
+
+
+def test_a_corrupt_gzip_header_is_named_by_check_header(tmp_path):
+    f = write_nifti(tmp_path / "c.nii.gz", DATA, AFF)
+    f.write_bytes(f.read_bytes()[:30])
+    with pytest.raises(BadInput) as exc:
+        check_header(f)
+    assert exc.value.path == str(f) and "corrupt or truncated gzip stream" in str(exc.value)
+
+
+def test_nibabel_fixes_are_reported_as_warnings(tmp_path):
+    f = write_nifti(tmp_path / "q.nii", DATA, AFF)
+    raw = bytearray(f.read_bytes())
+    raw[252:256] = (9).to_bytes(2, "little") + (9).to_bytes(2, "little")  # qform_code, sform_code: not codes
+    f.write_bytes(bytes(raw))
+    vol = load_nifti(f)
+    assert "header fixed by nibabel: qform_code 9 not valid; setting to 0" in vol.warnings
+    assert "header fixed by nibabel: sform_code 9 not valid; setting to 0" in vol.warnings
+    assert len(vol.warnings) == len(set(vol.warnings))
+
+
+def test_volume_from_array_names_and_limits(tmp_path):
+    assert volume_from_array(DATA).warnings == []
+    with pytest.raises(BadInput) as exc:
+        volume_from_array(DATA, np.eye(3), name="a.nii")
+    assert exc.value.path == "a.nii"
+    with pytest.raises(BadInput) as exc:
+        volume_from_array(DATA, np.zeros((4, 4)), name="a.nii")
+    assert str(exc.value) == "a.nii: affine is singular or non-finite"
+    tiny = volume_from_array(DATA, np.diag([1e-12, 1.0, 1.0, 1.0]))  # a determinant of exactly 1e-12 is usable
+    assert tiny.data.shape == (4, 5, 3)
+
+
+def test_save_like_replaces_an_existing_file_by_default(tmp_path):
+    vol = load_nifti(write_nifti(tmp_path / "in.nii", DATA, AFF))
+    out = tmp_path / "h.nii.gz"
+    out.write_bytes(b"old")
+    save_like(out, np.ones(DATA.shape), vol)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), np.ones(DATA.shape, np.float32))
+
+
+def test_header_refusals_word_for_word(tmp_path):
+    full = write_nifti(tmp_path / "full.nii", DATA, AFF).read_bytes()
+    cases = {"short.nii": (full[:347], "too short to be a NIfTI file (no complete header)"),
+             "head.nii": (full[:348], "truncated: 348 bytes, header needs 592"),  # a whole header, no voxels
+             "bad.nii": (b"\x01\x02\x03\x04" + b"\0" * 600, "not a NIfTI file (bad header size)")}
+    two = write_nifti(tmp_path / "two.nii", DATA, AFF, nifti2=True).read_bytes()
+    cases["two.nii"] = (two[:539], "too short to be a NIfTI-2 file (no complete header)")
+    for name, (raw, msg) in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(BadInput) as exc:
+            load_nifti(tmp_path / name)
+        assert str(exc.value) == f"{tmp_path / name}: {msg}"
+
+
+def test_a_data_offset_at_the_cap_is_usable(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "v.nii", DATA, AFF)  # voxels at 352, 240 bytes of them
+    monkeypatch.setattr(nifti, "MAX_VOXEL_BYTES", 352)
+    np.testing.assert_array_equal(load_nifti(f).data, DATA)
