@@ -158,7 +158,8 @@ def test_vox_offset_and_truncation(tmp_path):
 
 
 def test_a_large_gzip_volume_is_read_in_full(tmp_path):
-    big = np.random.default_rng(0).random((256, 256, 40)).astype(np.float32)  # 10 MiB: more than one chunk
+    big = np.zeros((256, 256, 72), np.float32)  # 18 MiB: more than one 16 MiB read (zeros compress fast)
+    big[::17, ::13, ::5] = np.arange(big[::17, ::13, ::5].size).reshape(big[::17, ::13, ::5].shape)
     f = write_nifti(tmp_path / "b.nii.gz", big, AFF)
     np.testing.assert_array_equal(load_nifti(f).data, big)
 
@@ -397,3 +398,36 @@ def test_a_data_offset_at_the_cap_is_usable(tmp_path, monkeypatch):
     f = write_nifti(tmp_path / "v.nii", DATA, AFF)  # voxels at 352, 240 bytes of them
     monkeypatch.setattr(nifti, "MAX_VOXEL_BYTES", 352)
     np.testing.assert_array_equal(load_nifti(f).data, DATA)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_singleton_axis_with_an_unusable_voxel_size_counts_as_1_mm(tmp_path, bad):
+    one = np.arange(20, dtype=np.float32).reshape(4, 5, 1)
+    f = write_nifti(tmp_path / "one.nii", one, AFF, pixdim=[1, 2.0, 3.0, bad, 1, 1, 1, 1])
+    assert load_nifti(f).zooms == (2.0, 3.0, 1.0)
+
+
+def test_voxel_sizes_of_small_and_timed_images(tmp_path):
+    small = np.zeros((2, 5, 3), np.float32)  # fewer rows than axes
+    _refused(write_nifti(tmp_path / "s.nii", small, AFF, pixdim=[1, 2.0, 3.0, 0.0, 1, 1, 1, 1]),
+             "voxel size pixdim[3]=0 is not a positive number")
+    two = np.zeros((4, 5, 2), np.float32)  # two slices are more than one
+    _refused(write_nifti(tmp_path / "t.nii", two, AFF, pixdim=[1, 2.0, 3.0, 0.0, 1, 1, 1, 1]),
+             "voxel size pixdim[3]=0 is not a positive number")
+    timed = np.stack([DATA] * 3, -1)  # the time step is not a voxel size
+    f = write_nifti(tmp_path / "v.nii", timed, AFF, pixdim=[1, 2.0, 3.0, 4.0, 0.0, 1, 1, 1])
+    msg = _refused(f, "has 3 volumes (shape (4, 5, 3, 3)); extract one volume first")
+    assert "pixdim" not in msg
+
+
+def test_a_header_nibabel_cannot_read_is_one_line(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "h.nii", DATA, AFF)
+
+    def broken(*a, **k):
+        raise ValueError("bad\nheader")
+
+    monkeypatch.setattr(nib.Nifti1Header, "from_fileobj", classmethod(lambda cls, *a, **k: broken()))
+    assert _refused(f, "invalid NIfTI header (bad header)") == f"{f}: invalid NIfTI header (bad header)"
+    monkeypatch.undo()
+    monkeypatch.setattr(nib.Nifti1Header, "get_data_dtype", lambda self: broken())
+    assert _refused(f, "unsupported data type (bad header)") == f"{f}: unsupported data type (bad header)"
