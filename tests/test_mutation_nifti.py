@@ -25,7 +25,7 @@ def _refused(path, words, kind=BadInput):
     with pytest.raises(kind) as exc:
         load_nifti(path)
     msg = str(exc.value)
-    assert exc.value.path == str(path) and words in msg, msg
+    assert exc.value.path == str(path) and msg.startswith(f"{path}: {words}"), msg
     return msg
 
 
@@ -119,7 +119,7 @@ def test_files_that_cannot_be_opened_as_nifti(tmp_path):
     _refused(tmp_path / "p.nii.gz", "named .nii.gz but is not gzip-compressed")
     # a file whose first byte only is the gzip magic is not gzip
     (tmp_path / "h.nii.gz").write_bytes(b"\x1f" + b"\0" * 400)
-    _refused(tmp_path / "h.nii.gz", "not gzip-compressed")
+    _refused(tmp_path / "h.nii.gz", "named .nii.gz but is not gzip-compressed")
 
 
 def test_the_size_cap(tmp_path, monkeypatch):
@@ -431,3 +431,85 @@ def test_a_header_nibabel_cannot_read_is_one_line(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(nib.Nifti1Header, "get_data_dtype", lambda self: broken())
     assert _refused(f, "unsupported data type (bad header)") == f"{f}: unsupported data type (bad header)"
+
+
+def test_a_file_swapped_or_removed_between_the_check_and_the_open(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "v.nii", DATA, AFF)
+    os.mkfifo(tmp_path / "fifo.nii")
+    real_stat, real_open = os.stat, os.open
+    # the name looked like a regular file, but a FIFO is what gets opened: refused without blocking on it
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(f) if str(p).endswith("fifo.nii") else real_stat(p, *a, **k))
+    assert _refused(tmp_path / "fifo.nii", "not a regular file (it is a FIFO (named pipe)); expected a .nii or .nii.gz "
+                    "file") == f"{tmp_path / 'fifo.nii'}: not a regular file (it is a FIFO (named pipe)); expected a " \
+                                ".nii or .nii.gz file"
+    for exc, kind, msg in ((FileNotFoundError(2, "gone"), InputMissing, "no such file"),
+                           (PermissionError(13, "Permission denied"), RlpError, "Permission denied"),
+                           (OSError("no errno"), RlpError, "no errno")):
+        def failing(p, *a, exc=exc, **k):
+            if str(p) == str(f):
+                raise exc
+            return real_open(p, *a, **k)
+
+        monkeypatch.setattr(os, "open", failing)
+        with pytest.raises(kind) as got:
+            load_nifti(f)
+        assert str(got.value) == f"{f}: {msg}" and got.value.path == str(f)
+        if kind is RlpError:
+            assert got.value.code == EX_IOERR
+
+
+def test_stat_errors_are_io_errors_naming_the_file(tmp_path, monkeypatch):
+    f = tmp_path / "v.nii"
+    for exc, msg in ((PermissionError(13, "Permission denied"), "Permission denied"), (OSError("odd"), "odd")):
+        monkeypatch.setattr(os, "stat", lambda p, *a, exc=exc, **k: (_ for _ in ()).throw(exc))
+        with pytest.raises(RlpError) as got:
+            load_nifti(f)
+        assert str(got.value) == f"{f}: {msg}" and got.value.code == EX_IOERR and got.value.path == str(f)
+    monkeypatch.undo()
+    with pytest.raises(InputMissing) as got:
+        load_nifti(f)
+    assert str(got.value) == f"{f}: no such file"
+
+
+def test_a_read_error_on_the_first_bytes_is_an_io_error(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "v.nii", DATA, AFF)
+    real = os.fdopen
+
+    class Failing:
+        def __init__(self, fd, *a, **k):
+            self.fh = real(fd, *a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, n=-1):
+            raise OSError(5, "Input/output error")
+
+    for err in (OSError(5, "Input/output error"), OSError("odd")):
+        Failing.read = lambda self, n=-1, err=err: (_ for _ in ()).throw(err)
+        monkeypatch.setattr(os, "fdopen", Failing)
+        with pytest.raises(RlpError) as got:
+            load_nifti(f)
+        assert str(got.value) == f"{f}: {err.strerror or err}" and got.value.code == EX_IOERR
+
+
+def test_a_file_one_byte_longer_than_its_header_read(tmp_path):
+    img = np.arange(189, dtype=np.uint8).reshape(7, 27)  # 352 + 189 bytes: one byte after the first 540
+    f = write_nifti(tmp_path / "u.nii", img, AFF, dtype=np.uint8)
+    assert f.stat().st_size == 541
+    np.testing.assert_array_equal(load_nifti(f).data[..., 0], img)
+
+
+def test_voxel_data_errors(tmp_path, monkeypatch):
+    f = write_nifti(tmp_path / "m.nii", DATA, AFF, magic=b"xx\0\0")
+    assert _refused(f, "cannot read voxel data (") == f"{f}: cannot read voxel data (magic string 'xx' is not valid)"
+    good = write_nifti(tmp_path / "g.nii", DATA, AFF)
+
+    def no_memory(self, *a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", no_memory)
+    assert _refused(good, "not enough memory") == f"{good}: not enough memory to read the voxel data"
