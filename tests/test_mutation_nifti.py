@@ -513,3 +513,10 @@ def test_voxel_data_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib.Nifti1Image, "get_fdata", no_memory)
     assert _refused(good, "not enough memory") == f"{good}: not enough memory to read the voxel data"
+
+
+def test_a_file_with_a_singular_or_non_finite_affine_is_refused(tmp_path):
+    f = write_nifti(tmp_path / "s.nii", DATA, AFF, qform_code=0, srow_y=[0, 0, 0, 0])
+    assert _refused(f, "affine is singular or non-finite") == f"{f}: affine is singular or non-finite"
+    f = write_nifti(tmp_path / "n.nii", DATA, AFF, qform_code=0, srow_x=[np.nan, 0, 0, 0])
+    _refused(f, "affine is singular or non-finite")
