@@ -212,6 +212,7 @@ def test_atomic_set_writes_all_or_nothing(tmp_path, umask022):
     with atomic_set(outs, lock=tmp_path / "o.lock") as st:
         h = st.path("heat")
         assert h.name.startswith(".x_heatmap.NII.GZ.") and h.name.endswith(".NII.GZ") and st.path("heat") == h
+        assert len(h.name) == len(".x_heatmap.NII.GZ.") + 8 + len(".NII.GZ")  # mkstemp's 8 characters between
         assert st.path("sum").name.endswith(".json") and st.last == "sum"
         assert st.path("raw").name.endswith(".partial")
         assert st.path("raw", ".bin") == st.path("raw")  # made once
@@ -304,3 +305,112 @@ def test_errors_in_the_body_name_the_output(tmp_path):
             st.path("a").write_text("x")
             raise KeyboardInterrupt
     assert _names(tmp_path) == []
+
+
+def test_write_helpers_overwrite_by_default(tmp_path):
+    for write, value in ((write_bytes, b"x"), (write_text, "x"), (write_json, ["x"])):
+        out = tmp_path / write.__name__
+        out.write_text("old")
+        write(out, value)
+        assert out.read_text() != "old"
+
+
+def test_a_set_creates_the_folders_it_needs(tmp_path):
+    out = tmp_path / "a" / "b" / "f.json"
+    with atomic_set({"f": out}) as st:
+        st.path("f").write_text("1")
+    assert out.read_text() == "1"
+
+
+def _layout(tmp_path):
+    """a (new, published last), b (new), c (existing): published c, b, then a."""
+    outs = {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt", "c": tmp_path / "c.txt"}
+    outs["c"].write_text("old c")
+    return outs
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_failed_publish_removes_new_files_and_puts_old_ones_back(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(sys, "platform", "darwin")
+    outs = _layout(tmp_path)
+    real = os.replace
+    moved = []
+
+    def failing(src, dst):
+        if Path(dst) == outs["a"]:
+            raise OSError(errno.EIO, "Input/output error")
+        moved.append((Path(src), Path(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(CannotCreate) as exc:
+        with atomic_set(outs, force=True) as st:
+            for k in outs:
+                st.path(k).write_text(f"new {k}")
+    assert str(exc.value) == f"{outs['a']}: Input/output error"
+    assert _names(tmp_path) == ["c.txt"] and outs["c"].read_text() == "old c"  # b removed, c's old file back
+    if not exchange:  # the old c went aside under a hidden temporary name beside it, ending .old
+        aside = [d for s_, d in moved if s_ == outs["c"]]
+        assert len(aside) == 1 and aside[0].parent == tmp_path
+        assert aside[0].name.startswith(".c.txt.") and aside[0].name.endswith(".old")
+
+
+def test_a_failure_replacing_an_existing_file_puts_it_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")  # moved aside, then the new file fails to go in
+    outs = {"c": tmp_path / "c.txt"}
+    outs["c"].write_text("old c")
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == outs["c"] and not Path(src).name.endswith(".old"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(CannotCreate, match="Input/output error"):
+        with atomic_set(outs, force=True) as st:
+            st.path("c").write_text("new c")
+    assert _names(tmp_path) == ["c.txt"] and outs["c"].read_text() == "old c"
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_failed_publish_never_touches_what_another_writer_put_there(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(sys, "platform", "darwin")
+    outs = _layout(tmp_path)
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == outs["a"]:  # meanwhile another writer replaced b and c
+            for k in ("b", "c"):
+                (tmp_path / f"other_{k}").write_text(f"other {k}")
+                real(tmp_path / f"other_{k}", outs[k])
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(CannotCreate):
+        with atomic_set(outs, force=True) as st:
+            for k in outs:
+                st.path(k).write_text(f"new {k}")
+    assert outs["b"].read_text() == "other b"
+    if not exchange:
+        assert outs["c"].read_text() == "other c"
+
+
+def test_a_failure_on_the_first_file_published_names_it(tmp_path, monkeypatch):
+    outs = {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}  # b is published first
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == outs["b"]:
+            raise OSError(errno.ENOSPC, "full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(CannotCreate) as exc:
+        with atomic_set(outs) as st:
+            st.path("a").write_text("a")
+            st.path("b").write_text("b")
+    assert str(exc.value) == f"{outs['b']}: no space left on device" and _names(tmp_path) == []
