@@ -45,6 +45,7 @@ def test_temp_prefix():
     assert p.startswith(".x") and p.endswith(".") and p[-10] == "~"
     assert len(p) + 8 + len(".partial") == NAME_MAX  # cut to fill the room exactly
     assert temp_prefix(over + "y", ".partial") != temp_prefix(over + "z", ".partial")
+    assert len(temp_prefix(over + "w", ".partial")) + 8 + len(".partial") == NAME_MAX  # an odd number cut too
     uni = "é" * 200  # 400 bytes: the room is counted in bytes
     q = temp_prefix(uni, ".nii.gz")
     assert len(os.fsencode(q)) + 8 + len(".nii.gz") <= NAME_MAX
@@ -213,6 +214,7 @@ def test_atomic_set_writes_all_or_nothing(tmp_path, umask022):
         h = st.path("heat")
         assert h.name.startswith(".x_heatmap.NII.GZ.") and h.name.endswith(".NII.GZ") and st.path("heat") == h
         assert len(h.name) == len(".x_heatmap.NII.GZ.") + 8 + len(".NII.GZ")  # mkstemp's 8 characters between
+        assert h.parent == outs["heat"].parent
         assert st.path("sum").name.endswith(".json") and st.last == "sum"
         assert st.path("raw").name.endswith(".partial")
         assert st.path("raw", ".bin") == st.path("raw")  # made once
@@ -414,3 +416,42 @@ def test_a_failure_on_the_first_file_published_names_it(tmp_path, monkeypatch):
             st.path("a").write_text("a")
             st.path("b").write_text("b")
     assert str(exc.value) == f"{outs['b']}: no space left on device" and _names(tmp_path) == []
+
+
+def test_on_linux_existing_files_are_swapped_in_one_step(tmp_path, monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2 is Linux's")
+    monkeypatch.chdir(tmp_path)  # relative names: renameat2 resolves them from the working folder
+    outs = {"a": "a.txt", "b": "b.txt"}
+    for p in outs.values():
+        Path(p).write_text("old")
+    real = os.replace
+    moved = []
+    monkeypatch.setattr(os, "replace", lambda src, dst: moved.append(Path(dst).name) or real(src, dst))
+    with atomic_set(outs, force=True) as st:
+        st.path("a").write_text("A")
+        st.path("b").write_text("B")
+    assert moved == []  # never moved aside: the name always points at a complete file
+    assert Path("a.txt").read_text() == "A" and Path("b.txt").read_text() == "B" and _names(tmp_path) == ["a.txt", "b.txt"]
+    Path("d").mkdir()
+    with atomic_dir("d", force=True) as tmp:
+        (tmp / "x").write_text("1")
+    assert moved == [] and _names(tmp_path / "d") == ["x"]
+
+
+def test_a_long_output_name_of_a_set_keeps_its_suffix(tmp_path):
+    name = "n" * (NAME_MAX - len(".nii.gz")) + ".nii.gz"  # the longest name: its temporary name is shortened
+    with atomic_set({"a": tmp_path / name}) as st:
+        t = st.path("a")
+        assert t.name.endswith(".nii.gz") and len(os.fsencode(t.name)) <= NAME_MAX
+        t.write_text("x")
+    assert (tmp_path / name).read_text() == "x"
+
+
+def test_a_set_whose_folder_cannot_be_made_names_the_output(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "x.json"
+    with pytest.raises(CannotCreate) as exc:
+        with atomic_set({"a": out}) as st:
+            st.path("a")
+    assert exc.value.path == str(out)
