@@ -307,11 +307,16 @@ def _layout(tmp_path):
     return outs
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_a_failed_publish_removes_new_files_and_puts_old_ones_back(tmp_path, monkeypatch, exchange):
-    if not exchange:
+@pytest.fixture(params=[True, False], ids=["exchange", "aside"])
+def layout(request, tmp_path, monkeypatch):
+    """(swapped in one step?, the outputs of :func:`_layout`); without the swap, old files are moved aside."""
+    if not request.param:
         monkeypatch.setattr(sys, "platform", "darwin")
-    outs = _layout(tmp_path)
+    return request.param, _layout(tmp_path)
+
+
+def test_a_failed_publish_removes_new_files_and_puts_old_ones_back(tmp_path, monkeypatch, layout):
+    exchange, outs = layout
     real = os.replace
     moved = []
 
@@ -352,11 +357,8 @@ def test_a_failure_replacing_an_existing_file_puts_it_back(tmp_path, monkeypatch
     assert _names(tmp_path) == ["c.txt"] and outs["c"].read_text() == "old c"
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_a_failed_publish_never_touches_what_another_writer_put_there(tmp_path, monkeypatch, exchange):
-    if not exchange:
-        monkeypatch.setattr(sys, "platform", "darwin")
-    outs = _layout(tmp_path)
+def test_a_failed_publish_never_touches_what_another_writer_put_there(tmp_path, monkeypatch, layout):
+    exchange, outs = layout
     real = os.replace
 
     def failing(src, dst):
