@@ -520,3 +520,26 @@ def test_a_file_with_a_singular_or_non_finite_affine_is_refused(tmp_path):
     assert _refused(f, "affine is singular or non-finite") == f"{f}: affine is singular or non-finite"
     f = write_nifti(tmp_path / "n.nii", DATA, AFF, qform_code=0, srow_x=[np.nan, 0, 0, 0])
     _refused(f, "affine is singular or non-finite")
+
+
+def test_memory_follows_the_declared_size_not_the_stream(tmp_path):
+    import tracemalloc
+    import zlib
+
+    raw = write_nifti(tmp_path / "v.nii", DATA, AFF).read_bytes()
+    f = tmp_path / "tail.nii.gz"  # a valid image followed by 128 MiB of zeros in the same gzip stream
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with open(f, "wb") as fh:
+        fh.write(z.compress(raw))
+        block = bytes(1 << 20)
+        for _ in range(128):
+            fh.write(z.compress(block))
+        fh.write(z.flush())
+    tracemalloc.start()
+    try:
+        vol = load_nifti(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(vol.data, DATA)
+    assert peak < 32 << 20, peak  # read to the end (the CRC) in small chunks, never held
