@@ -46,6 +46,8 @@ def test_temp_prefix():
     assert len(p) + 8 + len(".partial") == NAME_MAX  # cut to fill the room exactly
     assert temp_prefix(over + "y", ".partial") != temp_prefix(over + "z", ".partial")
     assert len(temp_prefix(over + "w", ".partial")) + 8 + len(".partial") == NAME_MAX  # an odd number cut too
+    bare = temp_prefix("n" * 250)  # no suffix: the room is the whole name less mkstemp's characters
+    assert len(bare) + 8 == NAME_MAX
     uni = "é" * 200  # 400 bytes: the room is counted in bytes
     q = temp_prefix(uni, ".nii.gz")
     assert len(os.fsencode(q)) + 8 + len(".nii.gz") <= NAME_MAX
@@ -433,3 +435,24 @@ def test_a_set_whose_folder_cannot_be_made_names_the_output(tmp_path):
         with atomic_set({"a": out}) as st:
             st.path("a")
     assert exc.value.path == str(out)
+
+
+def test_a_folder_removed_while_it_is_being_replaced(tmp_path, monkeypatch):
+    import pathlib
+
+    out = tmp_path / "d"  # another process removes it between the check and the swap
+    real = pathlib.Path.exists
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: True if self == out else real(self))
+    with pytest.raises(CannotCreate) as exc:
+        with atomic_dir(out, force=True) as tmp:
+            (tmp / "x").write_text("1")
+    assert str(exc.value) == f"{out}: No such file or directory" and _names(tmp_path) == []
+
+
+def test_the_longest_names_can_be_moved_aside(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    out = tmp_path / ("n" * 240 + ".txt")  # its .old temporary name must be shortened
+    out.write_text("old")
+    with atomic_set({"a": out}, force=True) as st:
+        st.path("a").write_text("new")
+    assert out.read_text() == "new" and _names(tmp_path) == [out.name]

@@ -161,3 +161,47 @@ def test_an_empty_volume_has_a_zero_max_score(bundle_dir):
         res = b.heatmap_array(np.zeros((20, 20, 2), np.float32))
     assert res.max_score == 0.0 and res.top == [] and all(r.max_score == 0.0 for r in res.results)
     assert res.summary()["windows"]["evaluated"] == 0
+
+
+def test_top_windows_of_one_and_many_ties():
+    res = Resampler((16, 16), 16)
+    wm = np.zeros((4, 4), np.float32)
+    ev = np.zeros((4, 4), bool)
+    ev[2, 3], wm[2, 3] = True, 0.5
+    one = top_windows(wm, ev, G, res, 1)  # one window asked for, one evaluated
+    assert [(w.grid, w.score, w.rank) for w in one] == [((2, 3), 0.5, 1)]
+    g = WindowGeometry(64, 1, 1)  # 4096 windows of two scores: each score's windows ranked in the map's order
+    two = (np.arange(4096) % 2 + 1.0).reshape(64, 64)
+    ties = top_windows(two, np.ones((64, 64), bool), g, Resampler((64, 64), 64), 4096)
+    assert [w.grid for w in ties] == [divmod(i, 64) for i in [*range(1, 4096, 2), *range(0, 4096, 2)]]
+
+
+def test_one_window_per_call_at_batch_1():
+    seen = []
+    score_windows(IMG, G, G.window_boxes(), lambda x: seen.append(len(x)) or x.mean(axis=(2, 3)), batch=1)
+    assert seen == [1] * 16
+
+
+def test_window_voxels_are_rounded_to_3_decimals():
+    w = Window(1.0, (0, 0), (0, 0, 4, 4), (0.0, 0.0), (0.0, 0.0, 1.0, 1.0), voxel=(1.23456, 2.5, 3.0))
+    assert w.to_dict()["voxel"] == [1.235, 2.5, 3.0]
+
+
+def test_the_summary_of_an_approximate_heatmap_and_its_timings(bundle_dir):
+    from rlp.runtime.heatmap import COARSE
+
+    img = phantom((32, 32))
+    with Bundle.load(bundle_dir, backend="ort-cpu", threads=1) as b:
+        res = b.heatmap_array(img, method=COARSE)
+    s = res.summary()
+    scored = sum(r.approximate["scored"] for r in res.results)
+    assert s["windows"]["scored_exactly"] == scored < s["windows"]["evaluated"]
+    assert s["timings"] == {k: round(t, 4) for k, t in res.timings.items()}
+    assert any(t != round(t) for t in s["timings"].values())
+
+
+def test_a_2d_image_locates_its_windows_with_2_voxel_indices(bundle_dir):
+    with Bundle.load(bundle_dir, backend="ort-cpu", threads=1) as b:
+        res = b.heatmap_array(phantom((32, 32)), top_k=2)
+    assert res.volume.file_shape == (32, 32)
+    assert all(len(w.voxel) == 2 and len(w.world) == 3 for w in res.top)
