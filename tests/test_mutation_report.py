@@ -212,3 +212,24 @@ def test_add_equality_of_exact_and_approximate_rows():
     add_equality(at, lambda r: r["_maps"])
     assert at[1]["equality"]["equal"] is True  # a difference of exactly the tolerance is equal
     assert math.isclose(at[1]["equality"]["max_abs_diff"], EXACT_TOLERANCE)
+
+
+def test_a_case_without_common_windows_is_skipped_not_the_end():
+    none = np.zeros((3, 3), bool)
+    refs = [{"window": _wmap(0, 1), "evaluated": EV}, {"window": _wmap(1, 1), "evaluated": none},
+            {"window": _wmap(2, 1), "evaluated": EV}]
+    preds = [{"window": _wmap(3, 1), "evaluated": EV}] * 3
+    out = fidelity_block(preds, refs, [{"id": k, "set": "s"} for k in "abc"])
+    assert [p["id"] for p in out["s"]["per_slice"]] == ["a", "c"]
+
+
+def test_an_approximation_is_judged_over_the_evaluated_windows_and_its_argmax():
+    ev = EV.copy()
+    ev[0, :] = False  # the first row was not evaluated: its (large) values must not count
+    plain = [{"window": _wmap(0) + np.where(ev, 0, 10.0), "evaluated": ev}, {"window": _wmap(1), "evaluated": EV}]
+    near = [{"window": m["window"] * 1.01, "evaluated": m["evaluated"]} for m in plain]  # the same argmax
+    rows = [_row("plain", "plain", plain), _row("c2f", "coarse-to-fine", near, approximate={"scored": 1, "windows": 2})]
+    add_equality(rows, lambda r: r["_maps"])
+    ap = rows[1]["approximation"]
+    want = np.mean([fidelity(a["window"], b["window"], b["evaluated"])["mae_rel"] for a, b in zip(near, plain)])
+    assert ap["mae_rel"] == pytest.approx(want) and ap["same_argmax"] == 2
