@@ -235,3 +235,13 @@ def test_an_approximation_is_judged_over_the_evaluated_windows_and_its_argmax():
     assert ap["mae_rel"] == pytest.approx(want) and ap["same_argmax"] == 2
     everywhere = np.mean([fidelity(a["window"], b["window"])["mae_rel"] for a, b in zip(near, plain)])
     assert abs(want - everywhere) > 1e-3  # (the windows not evaluated would change it)
+
+
+def test_means_leave_out_undefined_figures_and_are_none_without_any():
+    m0, t0 = _slice(0, (2, 2), (2.0, 2.0, 3.0, 3.0))
+    m1, t1 = _slice(1, (4, 4), (0.0, 0.0, 1.0, 1.0))
+    t1 = {"brain": t1["brain"], "lesion": t1["brain"].copy()}  # all brain is lesion: AUROC undefined (nan)
+    out = localisation_block([m0, m1], [_case(0), _case(1)], {"c0": t0, "c1": t1})
+    assert math.isnan(out["per_slice"][1]["auroc"]) and out["auroc"] == out["per_slice"][0]["auroc"]
+    only = localisation_block([m1], [_case(1)], {"c1": t1})
+    assert only["auroc"] is None
