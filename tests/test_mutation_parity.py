@@ -221,3 +221,63 @@ def test_check_rows_of_r_on_whole_images_and_dense():
                                                       ("r_fp16", f"window map #{gate.map_slice}")]
     assert dense[0].n == 2 * 16 and dense[0].max_abs == pytest.approx(1e-6, rel=1e-2) and dense[0].passed
     assert dense[2].n == len(gate.map_boxes)
+
+
+def test_defaults_messages_and_quiet(capsys):
+    imgs, brains = _images(7)
+    brains[3, 2:14, 0:16] = True  # slice 3 has the most brain (not the last one sampled)
+    imgs[3][brains[3]] = 0.5
+    g = WindowGeometry(32, 4, 2)  # 15 x 15 windows: more than 32 a slice
+    big_i, big_b = np.zeros((7, 32, 32), np.float32), np.zeros((7, 32, 32), bool)
+    big_i[:, :16, :16], big_b[:, :16, :16] = imgs, brains
+    gate = ParityGate(g, big_i, big_b)
+    assert gate.sample.slices == [0, 3, 4, 6] and gate.map_slice == 3  # 4 slices, the most brain for the map
+    assert [len(b) for b in gate.sample.boxes] == [32] * 4
+    d = gate.describe()
+    assert d["window_selection"] == "evenly spaced over the evaluated (brain) windows of each slice"
+    gate.check("r", "image", 32, lambda x: x.mean(axis=(2, 3)), lambda x: x.mean(axis=(2, 3)))
+    assert capsys.readouterr().err == ""  # no reporter given: quiet
+    with pytest.raises(ValueError, match="^parity slices, windows and map windows must be >= 1$"):
+        ParityGate(GEOM, imgs, brains, windows=0)
+    with pytest.raises(BadInput, match="^no held-out slice has a window with enough brain tissue to evaluate$"):
+        ParityGate(GEOM, imgs, np.zeros_like(brains))
+
+
+def test_the_default_map_holds_at_most_4096_windows():
+    brain = np.zeros((1, 65, 65), bool)
+    brain.ravel()[:4097] = True  # 4097 one-pixel windows with tissue at stride 1
+    gate = ParityGate(WindowGeometry(65, 1, 1), brain.astype(np.float32), brain)
+    assert gate.map_geometry.stride == 2 and len(gate.map_boxes) <= 4096
+
+
+def test_g_window_losses_are_box_l1_against_the_original_pixels():
+    imgs, brains = _images()
+    gate = ParityGate(GEOM, imgs, brains, slices=2, windows=3)
+    rows = gate.check("g", "crop", 8, lambda x: (x * 0.5).astype(np.float32), lambda x: (x * 0.6).astype(np.float32))
+    want = []
+    for i, b in zip(gate.sample.slices, gate.sample.boxes):
+        pad = GEOM.pad(imgs[i])
+        x, orig = GEOM.crops(pad, b, inpaint=True), GEOM.crops(pad, b, inpaint=False)
+        want.append(GEOM.box_score(0.6 * x, orig, b, "l1") - GEOM.box_score(0.5 * x, orig, b, "l1"))
+    assert rows[1].quantity == "window loss" and rows[1].max_abs == pytest.approx(np.abs(np.concatenate(want)).max(),
+                                                                                    rel=1e-5)
+    z = ParityGate(GEOM, imgs, brains, slices=2, windows=3, score="z")  # the bundle's score: G's (mu, b)
+    two = lambda s: lambda x: np.concatenate([x * s, np.full_like(x, 0.5)], 1).astype(np.float32)  # noqa: E731
+    rows = z.check("g", "crop", 8, two(0.5), two(0.6))
+    want = []
+    for i, b in zip(z.sample.slices, z.sample.boxes):
+        pad = GEOM.pad(imgs[i])
+        x, orig = GEOM.crops(pad, b, inpaint=True), GEOM.crops(pad, b, inpaint=False)
+        want.append(GEOM.box_score(two(0.6)(x), orig, b, "z") - GEOM.box_score(two(0.5)(x), orig, b, "z"))
+    assert rows[1].max_abs == pytest.approx(np.abs(np.concatenate(want)).max(), rel=1e-5)
+
+
+def test_a_dense_predictor_reads_the_slice():
+    imgs, brains = _images()
+    gate = ParityGate(GEOM, imgs, brains, slices=2, windows=3)
+    wmap = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    rows = gate.check("r", "dense", 16, lambda x: wmap * x.mean(), lambda x: wmap * x.mean() * 1.5)
+    i, b = gate.sample.slices[0], gate.sample.boxes[0]
+    r, c = GEOM.dense_index(b)
+    want = (wmap[0, 0][r, c] * imgs[i].mean() * 0.5)
+    assert rows[0].max_abs >= np.abs(want).max() * (1 - 1e-5)
