@@ -232,7 +232,7 @@ def test_defaults_messages_and_quiet(capsys):
     big_i[:, :16, :16], big_b[:, :16, :16] = imgs, brains
     gate = ParityGate(g, big_i, big_b)
     assert gate.sample.slices == [0, 3, 4, 6] and gate.map_slice == 3  # 4 slices, the most brain for the map
-    assert [len(b) for b in gate.sample.boxes] == [32] * 4
+    assert [len(b) for b in gate.sample.boxes] == [18, 32, 32, 32]  # slice 0 has 18 brain windows, the others more
     d = gate.describe()
     assert d["window_selection"] == "evenly spaced over the evaluated (brain) windows of each slice"
     gate.check("r", "image", 32, lambda x: x.mean(axis=(2, 3)), lambda x: x.mean(axis=(2, 3)))
