@@ -281,3 +281,22 @@ def test_a_dense_predictor_reads_the_slice():
     r, c = GEOM.dense_index(b)
     want = (wmap[0, 0][r, c] * imgs[i].mean() * 0.5)
     assert rows[0].max_abs >= np.abs(want).max() * (1 - 1e-5)
+
+
+def test_compare_maps_boundaries():
+    ref = np.linspace(0, 1, 50)
+    same = compare_maps(_check({"max_abs": 1.0}, "g"), ref.copy(), ref, TOL)
+    assert same.passed and same.top_gap == 0.0 and same.max_abs == 0.0  # identical maps: no gap, no difference
+    two = np.array([0.0, 1e-2])
+    from scipy.stats import spearmanr
+
+    limit = float(spearmanr(two, two).statistic)  # (1 up to rounding)
+    exact = compare_maps(_check({"max_abs": 1.0}, "g"), two.copy(), two, Tolerances(map_spearman=limit))
+    assert exact.spearman == limit and exact.passed  # two windows are ranked; a Spearman of exactly the limit passes
+    edge = np.zeros(50)
+    edge[7] = 1e-3  # a range of exactly the fp16 median tolerance is ranked
+    assert compare_maps(_check({"max_abs": 1.0}, "g"), edge.copy(), edge, TOL).spearman is not None
+    both = np.linspace(0, 1, 50)[::-1].copy()
+    both[0] -= 0.2  # its top window moves, and the ranks are reversed
+    c = compare_maps(_check({"max_abs": 10.0}, "g"), both, ref, TOL)
+    assert c.problem.count("; ") == 1 and c.problem.startswith("top window differs") and "Spearman" in c.problem
