@@ -296,7 +296,5 @@ def test_compare_maps_boundaries():
     edge = np.zeros(50)
     edge[7] = 1e-3  # a range of exactly the fp16 median tolerance is ranked
     assert compare_maps(_check({"max_abs": 1.0}, "g"), edge.copy(), edge, TOL).spearman is not None
-    both = np.linspace(0, 1, 50)[::-1].copy()
-    both[0] -= 0.2  # its top window moves, and the ranks are reversed
-    c = compare_maps(_check({"max_abs": 10.0}, "g"), both, ref, TOL)
-    assert c.problem.count("; ") == 1 and c.problem.startswith("top window differs") and "Spearman" in c.problem
+    c = compare_maps(_check({"max_abs": 0.1}, "g"), ref[::-1].copy(), ref, TOL)  # too far, and ranked backwards
+    assert c.problem.count("; ") == 1 and c.problem.startswith("max_abs 1 > 0.1; ") and "Spearman" in c.problem
