@@ -50,6 +50,7 @@ def test_layers_with_different_rows_and_columns_equal_plain_scoring(paint, size)
     for split in range(1, 8):
         for conv in HOWS:
             scorer = IncrementalScorer.from_model(model, geom, split=split, threads=1, conv=conv)
+            assert len(scorer.plan) == split  # every layer planned (a layer it cannot plan would end the prefix)
             for batch in (7, 1):  # one window a batch: its region is the plan's, whatever the window changes
                 got = scorer.score_windows(image, geom, boxes, None, batch=batch)
                 np.testing.assert_allclose(got, plain, rtol=0, atol=TOL, err_msg=f"split {split}, conv {conv}")
