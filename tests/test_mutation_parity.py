@@ -298,3 +298,21 @@ def test_compare_maps_boundaries():
     assert compare_maps(_check({"max_abs": 1.0}, "g"), edge.copy(), edge, TOL).spearman is not None
     c = compare_maps(_check({"max_abs": 0.1}, "g"), ref[::-1].copy(), ref, TOL)  # too far, and ranked backwards
     assert c.problem.count("; ") == 1 and c.problem.startswith("max_abs 1 > 0.1; ") and "Spearman" in c.problem
+
+
+def test_g_losses_and_map_compare_against_the_original_pixels_window_by_window():
+    imgs, brains = _images()
+    gate = ParityGate(GEOM, imgs, brains, slices=2, windows=3)
+    zero, ident = (lambda x: np.zeros_like(x)), (lambda x: x.astype(np.float32))
+    rows = gate.check("g", "crop", 8, zero, zero, [Candidate("g_fp16", ident, "fp16")])
+    want = []
+    for i, b in zip(gate.sample.slices, gate.sample.boxes):
+        pad = GEOM.pad(imgs[i])
+        x, orig = GEOM.crops(pad, b, inpaint=True), GEOM.crops(pad, b, inpaint=False)
+        want.append(GEOM.box_score(x, orig, b, "l1") - GEOM.box_score(0 * x, orig, b, "l1"))
+    loss = next(r for r in rows if r.model == "g_fp16" and r.quantity == "window loss")
+    assert loss.median_abs == pytest.approx(np.median(np.abs(np.concatenate(want))), rel=1e-5)
+    pad, b = GEOM.pad(imgs[gate.map_slice]), gate.map_boxes
+    x, orig = GEOM.crops(pad, b, inpaint=True), GEOM.crops(pad, b, inpaint=False)
+    d = np.abs(GEOM.box_score(x, orig, b, "l1") - GEOM.box_score(0 * x, orig, b, "l1"))
+    assert rows[-1].quantity.startswith("window map") and rows[-1].median_abs == pytest.approx(np.median(d), rel=1e-5)
