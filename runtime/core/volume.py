@@ -115,7 +115,7 @@ def volume_from_array(data: np.ndarray, affine: np.ndarray | None = None, name: 
     aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4):
         raise BadInput(f"affine has shape {aff.shape}, expected (4, 4)", name)
-    if not np.all(np.isfinite(aff)):
+    if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:  # nibabel cannot take a singular one
         raise BadInput("affine is singular or non-finite", name)
     with warnings.catch_warnings(), nibabel_log(None):
         warnings.simplefilter("ignore")
