@@ -32,8 +32,8 @@ from rlp.runtime.backends import available_backends, ort_providers
 from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
 from rlp.runtime.core.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
-from rlp.runtime.heatmap import DEFAULT_BATCH, NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
-from rlp.runtime.core.manifest import MANIFEST, PATH_PATTERN, load_bundle_manifest, model_path, sha256_file
+from rlp.runtime.heatmap import DEFAULT_BATCH, HEADS, NO_BUNDLE, Bundle, default_bundle, demo_slices
+from rlp.runtime.core.manifest import HEAD_PATTERN, MANIFEST, load_bundle_manifest, model_head, sha256_file
 from rlp.runtime.core.nifti import load_nifti
 from rlp.runtime.core.progress import progress
 from rlp.runtime.core.runfolder import RunFolder
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads per row (default: the usable cores)")
     p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, metavar="N",
                    help=f"windows per model call, every row (default {DEFAULT_BATCH})")
-    p.add_argument("--paths", type=comma_subset(PATHS, PATH_PATTERN, " (and predictor variants r-NAME)"), default=None,
+    p.add_argument("--paths", type=comma_subset(HEADS, HEAD_PATTERN, " (and predictor variants r-NAME)"), default=None,
                    metavar="r,g", help="paths to measure (default: every path of the bundle: g, r and its predictor "
                                        "variants r-NAME)")
     p.add_argument("--backends", type=comma_subset(ALL_BACKENDS), metavar="LIST",
@@ -230,7 +230,7 @@ class Bench:
 
     def paths(self, manifest) -> tuple[str, ...]:
         """--paths, or every heatmap path the bundle has (g, r, then its predictor variants r-NAME)."""
-        return self.args.paths or manifest.paths() or PATHS
+        return self.args.paths or manifest.heads() or HEADS
 
     def _rows(self, manifest, run: Path | None) -> tuple[list[Row], list[dict]]:
         args, skipped = self.args, []
@@ -258,7 +258,7 @@ class Bench:
                 row = Row(path, b, requested=requested)
                 if path not in manifest.models:
                     skipped.append({**_ident(row), "reason": f"the bundle has no {path} model"})
-                elif b == "trt" and not any(model_path(e.model) == path for e in manifest.engines):
+                elif b == "trt" and not any(model_head(e.model) == path for e in manifest.engines):
                     skipped.append({**_ident(row), "reason": "the bundle has no TensorRT engine for it"})
                 else:
                     rows.append(row)
@@ -285,7 +285,7 @@ class Bench:
                 return None, None
             maps = []
             for image, spacing, _ in loaded:
-                maps.append(map_record(bundle.heatmap_slice(image, spacing, path="g")))
+                maps.append(map_record(bundle.heatmap_slice(image, spacing, head="g")))
                 bar.advance(task)
         return maps, {"backend": REFERENCE_BACKEND, "model": "g", "precision": "fp32",
                       "where": "computed in the bench's parent process, independently of the rows"}

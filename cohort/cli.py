@@ -27,7 +27,8 @@ from rlp.runtime.cli import _coarse, _fraction, _heatmap_path
 from rlp.runtime.core.cliutil import OneLineParser, UsageError, int_at_least, run_main
 from rlp.runtime.core.errors import EX_DATAERR, EX_OK, EX_USAGE, CannotCreate, InputMissing
 from rlp.runtime.core.geometry import SCORES
-from rlp.runtime.heatmap import DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NONFINITE, PRECISIONS, Bundle
+from rlp.runtime.heatmap import DEFAULT_BATCH, METHODS, PRECISIONS, Bundle
+from rlp.runtime.orchestrate import DEFAULT_TOP_K, NONFINITE
 from rlp.runtime.inputs import list_inputs, output_folders
 from rlp.runtime.core.nifti import AXES, nifti_stem
 from rlp.runtime.core.progress import progress

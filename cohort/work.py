@@ -25,7 +25,8 @@ from pathlib import Path
 from rlp.runtime import __version__
 from rlp.runtime.core.atomic import write_json
 from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, RlpError, one_line
-from rlp.runtime.heatmap import DEFAULT_TOP_K, Bundle
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.orchestrate import DEFAULT_TOP_K
 from rlp.runtime.core.nifti import nifti_stem
 
 SIDECAR = "_cohort.json"

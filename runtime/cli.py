@@ -24,9 +24,10 @@ from .core.files import identities, identity_index
 from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, BadInput, CannotCreate, RlpError
 from .core.geometry import SCORES
 from .inputs import LAYOUTS, list_inputs, output_folders
-from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
-                      VolumeHeatmap, box_hits, default_bundle, demo_slices)
-from .core.manifest import path_role
+from .heatmap import DEFAULT_BATCH, METHODS, NO_BUNDLE, PRECISIONS, Bundle, default_bundle, demo_slices
+from .orchestrate import DEFAULT_TOP_K, NONFINITE
+from .results import VolumeHeatmap, box_hits
+from .core.manifest import head_role
 from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, out_of_memory, save_like
 from .overlay import MAX_PANELS, Panel, domain_note, heat_label, panel_title, percentile_text, pick_slices, render
 from .core.progress import progress
@@ -74,7 +75,7 @@ data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot crea
 
 def _heatmap_path(text: str) -> str:
     try:
-        path_role(text)
+        head_role(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a heatmap path (g, r or r-NAME)") from None
     return text
@@ -308,7 +309,7 @@ def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, se
     t0 = time.perf_counter()
     try:
         res = bundle.heatmap_nifti(inp, volume_index=args.volume_index, axis=args.axis, slice=args.slice,
-                                   path=args.path, all_windows=args.all_windows, top_k=args.top_k,
+                                   head=args.path, all_windows=args.all_windows, top_k=args.top_k,
                                    nonfinite=args.nonfinite, progress=on_slice, method=args.method,
                                    coarse=_coarse(args))
     finally:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .core.errors import BadInput
 from .core.geometry import WindowGeometry, iter_batches
-from .core.manifest import REBUILD, ModelEntry, path_role
+from .core.manifest import REBUILD, ModelEntry, head_role
 
 DEFAULT_BATCH = 64
 #: how a predictor's output maps to its window score (``ModelEntry.target_transform``)
@@ -54,7 +54,7 @@ def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray
     returns the window map (1, 1, rows, cols) that the scores are read from.
     """
     try:
-        role = path_role(path)
+        role = head_role(path)
     except ValueError as exc:
         raise ValueError(f"path must be g, r or r-NAME: {exc}") from None
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
@@ -143,6 +143,6 @@ def backend_predict(backend, transform: Callable[[np.ndarray], np.ndarray] | Non
 def plain_scorer(backend, geometry: WindowGeometry, path: str, *, batch: int, score: str) -> PlainScorer:
     """The plain scorer of ``path``'s model on ``backend`` (its latencies are the backend's)."""
     entry = backend.model.entry
-    transform = TARGET_TRANSFORMS[entry.target_transform] if path_role(path) == "r" else None
+    transform = TARGET_TRANSFORMS[entry.target_transform] if head_role(path) == "r" else None
     return PlainScorer(backend_predict(backend, transform), geometry, entry.input_kind, path=path,
                        batch=min(batch, backend.max_batch or batch), score=score, latencies=backend.latencies)

@@ -19,7 +19,8 @@ from rlp.bench import report as rep
 from rlp.bench.heatmap_speed import paper_r_bundle
 from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.heatmap import Bundle, score_windows
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.scorers import score_windows
 from rlp.runtime.incremental import HOWS, IncrementalScorer, read_chain
 from rlp.runtime.scorers import PlainScorer
 
@@ -284,7 +285,7 @@ def test_usage_errors(tmp_path):
         for path, method, words in (("r", "incremental", "reads 'crop'"), ("g", "incremental", "is G"),
                                     ("r", "fast", "method must be one of plain, incremental")):
             with pytest.raises(RlpError) as err:
-                bundle.heatmap_slice(np.ones((32, 32), np.float32), path=path, method=method)
+                bundle.heatmap_slice(np.ones((32, 32), np.float32), head=path, method=method)
             assert err.value.code == EX_USAGE and words in str(err.value)
 
 

@@ -201,6 +201,21 @@ def test_importing_the_cohort_package_loads_neither_torch_nor_ray():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # ray too: only --ray imports it
 
 
+def test_importing_core_loads_no_inference_library_and_the_package_names_stay_importable():
+    """rlp.runtime's __init__ is lazy (PEP 562): a core contract (errors, manifest, the version) loads neither
+    onnxruntime nor onnx nor the runtime's inference modules; the names it lists still import on first use."""
+    code = ("import sys, rlp.runtime.core.errors, rlp.runtime.core.manifest; from rlp.runtime import __version__; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'onnx', 'torch') "
+            "or (m.startswith('rlp.runtime.') and not m.startswith('rlp.runtime.core'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    import rlp.runtime
+
+    assert all(getattr(rlp.runtime, name) is not None for name in rlp.runtime.__all__)
+    with pytest.raises(AttributeError):
+        rlp.runtime.no_such_name
+
+
 def test_the_whole_command_runs_where_torch_cannot_be_imported(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -16,7 +16,8 @@ from rlp.export.cli import main as export_main  # noqa: E402
 from rlp.runtime.core.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.core.geometry import WindowGeometry  # noqa: E402
 from rlp.runtime.core.preprocess import Preprocessing, preprocess_slice  # noqa: E402
-from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
+from rlp.runtime.heatmap import Bundle  # noqa: E402
+from rlp.runtime.scorers import score_windows  # noqa: E402
 from rlp.runtime.core.manifest import load_bundle_manifest  # noqa: E402
 from rlp.train import models  # noqa: E402
 from rlp.train.checkpoint import load_checkpoint  # noqa: E402
@@ -171,8 +172,8 @@ def test_dense_heatmap_matches_pytorch(dense_bundle, dense_run):
     z = np.load(dense_run / "heldout.npz")
     img = z["images"][0]
     with Bundle.load(dense_bundle, backend="ort-cpu") as b:
-        assert b.manifest.paths() == ("g", "r", "r-dense")
-        res = b.heatmap_slice(img, path="r-dense")
+        assert b.manifest.heads() == ("g", "r", "r-dense")
+        res = b.heatmap_slice(img, head="r-dense")
         geom = b.manifest.geometry
         x = preprocess_slice(img, b.manifest.preprocessing).image  # the heatmap normalises the slice again
     with torch.no_grad():

@@ -386,8 +386,8 @@ def test_gpu_backend_matches_the_cpu(tmp_path, kind):
     img = phantom((40, 36))
     with Bundle.load(b, backend="ort-cpu") as cpu, Bundle.load(b, backend=kind, precision="fp32") as gpu:
         for path in ("r", "g"):
-            a = cpu.heatmap_slice(img, path=path).window_map
-            c = gpu.heatmap_slice(img, path=path).window_map
+            a = cpu.heatmap_slice(img, head=path).window_map
+            c = gpu.heatmap_slice(img, head=path).window_map
             np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5)
 
 

@@ -49,7 +49,7 @@ def _prepared(bundle: Bundle, img=IMG, spacing=(1.0, 1.0)):
 def test_window_map_matches_the_reference(tmp_path, path, context, g_kind, r_kind_input):
     b = make_bundle(tmp_path / "b", context=context, g=g_kind, r_input_kind=r_kind_input)
     with Bundle.load(b, backend="ort-cpu", batch=5) as bundle:
-        res = bundle.heatmap_slice(IMG, path=path, all_windows=True)
+        res = bundle.heatmap_slice(IMG, head=path, all_windows=True)
         prep = _prepared(bundle)
         want = reference_scores(prep.image, bundle.manifest.geometry, path, g_kind, r_kind_input)
     np.testing.assert_allclose(res.window_map, want, rtol=1e-5, atol=1e-6)
@@ -75,7 +75,7 @@ def test_batch_size_does_not_change_the_result(bundle_dir):
     maps = []
     for batch in (1, 7, 64):
         with Bundle.load(bundle_dir, backend="ort-cpu", batch=batch) as bundle:
-            maps.append(bundle.heatmap_slice(IMG, path="g").window_map)
+            maps.append(bundle.heatmap_slice(IMG, head="g").window_map)
     np.testing.assert_array_equal(maps[0], maps[1])
     np.testing.assert_array_equal(maps[0], maps[2])
 
@@ -152,7 +152,7 @@ def test_bundle_options_are_validated(bundle_dir):
         assert exc.value.code == EX_USAGE
     with Bundle.load(bundle_dir) as bundle:
         with pytest.raises(RlpError):
-            bundle.heatmap_slice(IMG, path="x")
+            bundle.heatmap_slice(IMG, head="x")
         with pytest.raises(RlpError):
             bundle.heatmap_slice(IMG, nonfinite="maybe")
 

@@ -12,7 +12,8 @@ import pytest
 from rlp.runtime.backends import ort_sessions
 from rlp.runtime.coarse import CoarseScorer, CoarseToFine
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.heatmap import Bundle, box_hits
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.results import box_hits
 from rlp.runtime.incremental import IncrementalScorer
 from rlp.runtime.scorers import PlainScorer, WindowScorer, score_windows
 from runtime_helpers import make_bundle, phantom, r_model

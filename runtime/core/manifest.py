@@ -45,31 +45,23 @@ class TensorSpec:
     dtype: str = "float32"
 
 
-#: heatmap paths: ``g``, the default predictor ``r``, and named predictor variants ``r-NAME``
-PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
+#: heatmap heads (``rlp-heatmap --path``): ``g``, the default predictor ``r``, and named predictor variants ``r-NAME``
+HEAD_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
 
 
-#: precision -> the suffix of a model's key (and file stem) in a bundle: the one home of the ``_fp16`` rule
-PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
-
-
-def model_key(path: str, precision: str = "fp32") -> str:
-    """The key of the model serving heatmap path ``path`` at ``precision`` (``r`` at fp16 is ``r_fp16``)."""
-    return path + PRECISION_SUFFIX[precision]
-
-
-def model_path(key: str) -> str:
-    """The heatmap path a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
+def model_head(key: str) -> str:
+    """The heatmap head a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
     return key.split("_", 1)[0]
 
 
-#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle
+#: precision -> the suffix of its model's key (and file name: KEY.onnx) in a bundle: the one home of the ``_fp16`` rule
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
 
 
-def model_key(path: str, precision: str = "fp32") -> str:
-    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path` undoes it."""
-    return path + PRECISION_SUFFIX[precision]
+def model_key(head: str, precision: str = "fp32") -> str:
+    """The manifest key of ``head``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_head` undoes
+    it."""
+    return head + PRECISION_SUFFIX[precision]
 
 
 def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, int],
@@ -89,11 +81,11 @@ def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, i
     return (1, side, side), out
 
 
-def path_role(path: str) -> str:
-    """The role (``"g"`` or ``"r"``) of a heatmap path; ValueError for a name that is not a path."""
-    if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
-        raise ValueError(f"{path!r} is not a heatmap path (g, r or r-NAME)")
-    return path[0]
+def head_role(head: str) -> str:
+    """The role (``"g"`` or ``"r"``) of a heatmap head; ValueError for a name that is not a head."""
+    if not isinstance(head, str) or not HEAD_PATTERN.fullmatch(head):
+        raise ValueError(f"{head!r} is not a heatmap path (g, r or r-NAME)")
+    return head[0]
 
 
 @dataclass
@@ -107,7 +99,7 @@ class ModelEntry:
     ``"dense"`` (a predictor only: the whole slice, no box painted, read once;
     its output is the window map, ``(batch, 1, rows, cols)``).
 
-    A bundle's models are keyed by heatmap path (see :func:`path_role`), with
+    A bundle's models are keyed by heatmap head (see :func:`head_role`), with
     ``_fp16`` for the fp16 copy of a model.
     """
 
@@ -170,11 +162,11 @@ class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
-    def paths(self) -> tuple[str, ...]:
-        """The heatmap paths the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
-        have = {model_path(k) for k in self.models}
-        have = {p for p in have if PATH_PATTERN.fullmatch(p)}
-        return tuple(p for p in ("g", "r") if p in have) + tuple(sorted(have - {"g", "r"}))
+    def heads(self) -> tuple[str, ...]:
+        """The heatmap heads the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
+        have = {model_head(k) for k in self.models}
+        have = {h for h in have if HEAD_PATTERN.fullmatch(h)}
+        return tuple(h for h in ("g", "r") if h in have) + tuple(sorted(have - {"g", "r"}))
 
     def to_dict(self) -> dict:
         return {
