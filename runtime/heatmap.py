@@ -122,16 +122,18 @@ class Bundle:
         """The model key of ``head`` at this bundle's precision on backend ``backend_name``."""
         models = self.manifest.models
         if not isinstance(head, str) or not HEAD_PATTERN.fullmatch(head):
-            raise RlpError(f"path must be g, r or r-NAME (this bundle: {', '.join(self.manifest.heads())}), got {head!r}",
-                           code=EX_USAGE)
+            raise RlpError(f"path must be g, r or r-NAME (this bundle: {', '.join(self.manifest.heads())}), "
+                           f"got {head!r}", code=EX_USAGE)
         fp16 = model_key(head, "fp16")
-        auto = self.precision == "auto" and backend_info(backend_name).fp16_models  # a GPU backend: fp16 when there is one
+        # a GPU backend: fp16 when there is one
+        auto = self.precision == "auto" and backend_info(backend_name).fp16_models
         if self.precision == "fp16" or (auto and fp16 in models):
             if fp16 not in models:
                 raise BadInput(f"the bundle has no fp16 model for path {head} (models: {', '.join(models)})", self.root)
             return fp16
         if head not in models:
-            raise BadInput(f"the bundle has no model for path {head} (models: {', '.join(models) or 'none'})", self.root)
+            raise BadInput(f"the bundle has no model for path {head} (models: {', '.join(models) or 'none'})",
+                           self.root)
         return head
 
     def checked_model(self, key: str) -> CheckedModel:
@@ -141,7 +143,8 @@ class Bundle:
             try:
                 role = head_role(model_head(key))
             except ValueError:
-                raise BadInput(f"model key {key!r} names no heatmap path (g, r, r-NAME); {REBUILD}", self.root) from None
+                raise BadInput(f"model key {key!r} names no heatmap path (g, r, r-NAME); {REBUILD}",
+                               self.root) from None
             if entry.role and entry.role != role:
                 raise BadInput(f"model {key!r} has role {entry.role!r}; {REBUILD}", self.root)
             if entry.input_kind == InputKind.DENSE and (role != "r" or not self.manifest.geometry.dense_ok()):

@@ -258,18 +258,18 @@ def test_help_documents_outputs_force_and_exit_codes(capsys):
 
 
 def test_interrupt_while_writing_leaves_nothing(capsys, monkeypatch, tmp_path, bundle_dir):
-    from rlp.runtime import cli
+    from rlp.runtime import outputs
 
     f = write_nifti(tmp_path / "a.nii.gz", phantom((24, 24)))
     out = tmp_path / "o"
-    real = cli.save_like
+    real = outputs.save_like
 
     def save_then_interrupt(*args, **kw):
         real(*args, **kw)
         assert any(out.iterdir())  # the heatmap's temporary file exists at this point
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "save_like", save_then_interrupt)
+    monkeypatch.setattr(outputs, "save_like", save_then_interrupt)
     code, _, err = run_cli(capsys, f, "--bundle", bundle_dir, "--out", out, "--quiet")
     assert code == EX_INTERRUPTED and err.strip() == "rlp-heatmap: interrupted"
     assert not out.exists()  # nothing left, not even the folder this call made
