@@ -9,3 +9,5 @@ s/\(heatmap_\(slice\|nifti\|volume\|array\)(.*\)\bpath=/\1head=/
 # rlp.runtime.heatmap.PATHS (the heads every bundle can have) is HEADS
 s/\bPATHS\b/HEADS/g
 s/^from rlp\.runtime\.heatmap import box_hits\b/from rlp.runtime.results import box_hits/
+s/\(score_windows(.*\)\bpath=/\1head=/
+s/\bscore_kind\b/window_score/g

@@ -50,6 +50,7 @@ import numpy as np
 from rlp.runtime.core.atomic import write_json
 from rlp.runtime.backends import BACKENDS, Backend, BackendInfo, CheckedModel, backend_info, register_backend
 from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
+from rlp.runtime.core.kinds import InputKind
 from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.coarse import CoarseToFine
 from rlp.runtime.heatmap import Bundle
@@ -280,7 +281,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
     batch = min(bundle.batch, backend.max_batch or bundle.batch)
     plain = bundle.scorer(path)
     warm = bundle.scorer(path, "incremental") if method == "incremental" else plain
-    dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
+    dense = backend.model.entry.input_kind == InputKind.DENSE  # a dense predictor: one pass per slice, not per window
     warm.score(prep.image, boxes if dense else boxes[: WARMUP_BATCHES * batch])
     samples, model_s, last, used = [], [], None, None
     if windows and n > windows:

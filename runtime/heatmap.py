@@ -195,7 +195,7 @@ class Bundle:
         """The exact incremental scorer of an image-kind predictor (:mod:`.incremental`) on its backend."""
         entry = backend.model.entry
         if head_role(head) != "r" or entry.input_kind != InputKind.IMAGE:
-            what = "G" if head_role(head) == "g" else f"a predictor that reads {entry.input_kind!r} input"
+            what = "G" if head_role(head) == "g" else f"a predictor that reads '{entry.input_kind}' input"
             raise RlpError(f"method incremental needs a predictor that reads the whole slice (input_kind image); "
                            f"path {head} is {what}", code=EX_USAGE)
         if not backend_info(backend.name).incremental:

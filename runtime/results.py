@@ -83,7 +83,7 @@ class VolumeHeatmap:
     slices: list[int]  # file indices along that axis, ascending
     results: list[SliceHeatmap]
     top: list[Window]
-    path: str
+    head: str  # g, r or r-NAME (the summary's "path": rlp-heatmap --path)
     timings: dict[str, float]
     warnings: list[str]
     canonical_heatmap: np.ndarray  # same values on the canonical grid of volume.data
@@ -114,7 +114,7 @@ class VolumeHeatmap:
             "input": str(v.path),
             **({} if v.volume_index is None else {"volume_index": v.volume_index}),
             "shape": list(v.file_shape),
-            "path": self.path,
+            "path": self.head,
             "score": self.score,
             "axis": self.axis_name,
             "file_axis": file_axis,

@@ -94,7 +94,7 @@ def test_targets_are_what_the_g_heatmap_computes(tiny_run):
         ev = geom.evaluated(brain[k])
         boxes = geom.window_boxes()[ev.ravel()]
         with torch.no_grad():
-            ref = score_windows(img[k], geom, boxes, lambda x: G(torch.from_numpy(x)).numpy(), path="g")
+            ref = score_windows(img[k], geom, boxes, lambda x: G(torch.from_numpy(x)).numpy(), head="g")
         np.testing.assert_allclose(maps[k][ev], ref, rtol=1e-5, atol=1e-7)
         assert np.isnan(maps[k][~ev]).all()
     sub = window_loss_maps(G, img[:1], brain[:1], geom, fraction=0.5, rng=np.random.default_rng(0))

@@ -135,10 +135,10 @@ def test_score_windows_takes_any_predictor():
         seen.append(x.shape)
         return x.mean(axis=(2, 3))
 
-    r = score_windows(img, g, boxes, predict, path="r", batch=3)
+    r = score_windows(img, g, boxes, predict, head="r", batch=3)
     assert seen[0] == (3, 1, 8, 8) and sum(s[0] for s in seen) == 16
     np.testing.assert_allclose(r, reference_scores(img, g, "r").ravel(), rtol=1e-6)
-    ident = score_windows(img, g, boxes, lambda x: x, path="g")
+    ident = score_windows(img, g, boxes, lambda x: x, head="g")
     np.testing.assert_allclose(ident, np.abs(g.fill - img.reshape(4, 4, 4, 4).transpose(0, 2, 1, 3)).mean((2, 3)).ravel(),
                                rtol=1e-6)
 

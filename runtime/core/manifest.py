@@ -19,6 +19,7 @@ from pathlib import Path
 from .domain import domain_problem
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, SecurityRefusal
 from .geometry import SCORES, WindowGeometry, window_positions
+from .kinds import InputKind
 from .preprocess import CEILINGS, Preprocessing
 
 SCHEMA = "rlp.bundle"
@@ -74,7 +75,7 @@ def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, i
     """
     if role == "g":
         out = (g_channels, side, side)
-    elif input_kind == "dense":
+    elif input_kind == InputKind.DENSE:
         out = (1, *grid_shape)
     else:
         out = (1,)
@@ -112,7 +113,7 @@ class ModelEntry:
     opset: int
     precision: str = "fp32"  # "fp32" | "fp16"
     io_dtype: str = "float32"  # dtype of the graph's inputs and outputs
-    input_kind: str = "crop"
+    input_kind: str = InputKind.CROP
     architecture: dict = field(default_factory=dict)
     target_transform: str = "identity"  # how the predictor's output maps to an L1 loss
     # ONNX external-data files of this model (bundle-relative), each {"file", "sha256", "size"}.
