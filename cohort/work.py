@@ -3,7 +3,7 @@
 A :class:`Worker` holds one bundle, loaded once per worker process or Ray actor (its manifest and
 every model file checked against their sha256, and the manifest's sha256 against the one the
 driver saw, so that every volume of a cohort is made by one bundle), and one onnxruntime session
-per path, reused for every volume it is given. :meth:`Worker.run` makes the volume's outputs with
+per head, reused for every volume it is given. :meth:`Worker.run` makes the volume's outputs with
 ``rlp-heatmap``'s own per-input code (the same files, written as one atomic set), then a sidecar
 ``<stem>_cohort.json`` holding the volume's index row and the key of the bundle and settings that
 made it. A rerun skips a volume whose sidecar has the same key and whose outputs all exist
