@@ -83,7 +83,8 @@ def paper_r_bundle(folder: str | Path, seed: int = 0) -> Path:
     onnx.save_model(model, str(folder / "r.onnx"))
     entry = ModelEntry(role="r", file="r.onnx", **file_entry_fields(folder / "r.onnx"),
                        inputs=[TensorSpec("image", ["batch", 1, 256, 256])], outputs=[TensorSpec("loss", ["batch", 1])],
-                       opset=17, input_kind=InputKind.IMAGE, architecture={"name": "paper R, random weights", "params": n_params})
+                       opset=17, input_kind=InputKind.IMAGE,
+                       architecture={"name": "paper R, random weights", "params": n_params})
     man = Manifest(preprocessing=Preprocessing(size=256), geometry=WindowGeometry(256, 16, 4), models={"r": entry},
                    rlp_version="bench", created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     (folder / "manifest.json").write_text(json.dumps(man.to_dict(), indent=2))

@@ -240,7 +240,8 @@ class ParityGate:
         }
 
     # ----------------------------------------------------------- inputs
-    def _chunks(self, input_kind: str, pairs: list[tuple[int, np.ndarray]], batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _chunks(self, input_kind: str, pairs: list[tuple[int, np.ndarray]],
+                batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(inputs, original pixels, boxes) in batches, for windows ``boxes`` of slices ``i``."""
         geo = self.geometry.for_input(input_kind)
         for i, boxes in pairs:
@@ -296,7 +297,8 @@ class ParityGate:
         batch = min([default_batch(side)] + [c.max_batch for c in reduced if c.max_batch])
         pairs = list(zip(self.sample.slices, self.sample.boxes))
         runners = {"torch": reference, key: fp32} | {c.name: c.run for c in reduced}
-        res = self._evaluate(role, input_kind, runners, pairs, batch, f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
+        res = self._evaluate(role, input_kind, runners, pairs, batch,
+                             f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
         out_q = "recon pixels" if role == "g" else "prediction"
         rows = []
 
