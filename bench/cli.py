@@ -18,8 +18,8 @@ from typing import Sequence
 
 from rlp.runtime import __version__
 from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
-from rlp.runtime.core.manifest import PATH_PATTERN
-from rlp.runtime.heatmap import DEFAULT_BATCH, PATHS
+from rlp.runtime.core.manifest import HEAD_PATTERN
+from rlp.runtime.heatmap import DEFAULT_BATCH, HEADS
 
 from .report import SCHEMA_VERSION
 from .rows import ALL_BACKENDS
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads per row (default: the usable cores)")
     p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, metavar="N",
                    help=f"windows per model call, every row (default {DEFAULT_BATCH})")
-    p.add_argument("--paths", type=comma_subset(PATHS, PATH_PATTERN, " (and predictor variants r-NAME)"), default=None,
+    p.add_argument("--paths", type=comma_subset(HEADS, HEAD_PATTERN, " (and predictor variants r-NAME)"), default=None,
                    metavar="r,g", help="paths to measure (default: every path of the bundle: g, r and its predictor "
                                        "variants r-NAME)")
     p.add_argument("--backends", type=comma_subset(ALL_BACKENDS), metavar="LIST",

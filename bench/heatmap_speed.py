@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             runs = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                res = bundle.heatmap_slice(image, spacing, path="r", all_windows=True, method=method)
+                res = bundle.heatmap_slice(image, spacing, head="r", all_windows=True, method=method)
                 runs.append((time.perf_counter() - t0, res))
             sec, res = min(runs, key=lambda r: r[0])
         diff = float(np.abs(res.window_map - plain_maps[b]).max())

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from rlp.runtime.heatmap import box_hits  # the demo table's question too: one name, imported
+from rlp.runtime.results import box_hits  # the demo table's question too: one name, imported
 
 from .metrics import auprc, auroc, best_dice, fidelity
 

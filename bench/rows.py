@@ -52,9 +52,11 @@ from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.coarse import CoarseToFine
 from rlp.runtime.core.atomic import write_json
 from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, InputMissing, RlpError, Unavailable
-from rlp.runtime.core.manifest import Manifest, path_role, sha256_file
+from rlp.runtime.core.kinds import InputKind
+from rlp.runtime.core.manifest import Manifest, head_role, sha256_file
 from rlp.runtime.core.preprocess import preprocess_slice
-from rlp.runtime.heatmap import Bundle, top_windows
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.results import top_windows
 
 from .cases import load_case
 
@@ -89,7 +91,7 @@ class Row:
     @property
     def approx(self) -> bool:
         """Approximates G's window map (a predictor, or an approximate method such as coarse-to-fine)."""
-        return path_role(self.path) == "r" or self.method in APPROXIMATE_METHODS
+        return head_role(self.path) == "r" or self.method in APPROXIMATE_METHODS
 
     @property
     def name(self) -> str:
@@ -279,7 +281,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
     batch = min(bundle.batch, backend.max_batch or bundle.batch)
     plain = bundle.scorer(path)
     warm = bundle.scorer(path, "incremental") if method == "incremental" else plain
-    dense = backend.model.entry.input_kind == "dense"  # a dense predictor: one pass per slice, not per window
+    dense = backend.model.entry.input_kind == InputKind.DENSE  # a dense predictor: one pass per slice, not per window
     warm.score(prep.image, boxes if dense else boxes[: WARMUP_BATCHES * batch])
     samples, model_s, last, used = [], [], None, None
     if windows and n > windows:
@@ -298,7 +300,7 @@ def _timing(bundle: Bundle, backend: Backend, path: str, image, spacing, runs: i
             model_s.append(sum(plain.latencies[k:]) * n / used)
     else:
         for _ in range(runs):
-            last = bundle.heatmap_slice(image, spacing, path=path, method=method)
+            last = bundle.heatmap_slice(image, spacing, head=path, method=method)
             samples.append(last.timings["total_s"])
             model_s.append(last.timings["model_s"])
     latency = {**latency_stats(samples), "model_median_s": float(np.median(model_s)),
@@ -317,7 +319,7 @@ def _volume(bundle: Bundle, path: str, method: str, volume: dict | None, slice_s
         return {**out, "skipped": f"estimated {out['estimated_s']:.0f} s from the slice latency, over the "
                                   f"{volume['limit_s']} s limit (--volume-limit)"}
     t0 = time.perf_counter()
-    res = bundle.heatmap_nifti(volume["file"], axis=volume["axis"], path=path, method=method)
+    res = bundle.heatmap_nifti(volume["file"], axis=volume["axis"], head=path, method=method)
     seconds = time.perf_counter() - t0
     return {**out, "seconds": seconds, "s_per_slice": seconds / max(1, len(res.results)),
             "windows": sum(r.n_evaluated for r in res.results), "model_s": res.timings["model_s"]}
@@ -349,7 +351,7 @@ def measure(spec: dict) -> dict:
                 res = last
             else:
                 img, sp, _ = load_case(case)
-                res = bundle.heatmap_slice(img, sp, path=path, method=row["method"])
+                res = bundle.heatmap_slice(img, sp, head=path, method=row["method"])
                 if latency["extrapolated"] and case["id"] == timing_id:
                     latency["full_pass_s"] = res.timings["total_s"]
             maps.update({f"{k}_{j}": v for k, v in map_record(res).items()})

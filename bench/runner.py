@@ -20,11 +20,11 @@ from rlp.runtime.backends import available_backends
 from rlp.runtime.coarse import NAME as COARSE
 from rlp.runtime.core.atomic import atomic_dir, write_bytes, write_json, write_text
 from rlp.runtime.core.errors import EX_SOFTWARE, EX_USAGE, CannotCreate, InputMissing, RlpError, Unavailable
-from rlp.runtime.core.manifest import MANIFEST, load_bundle_manifest, model_path, sha256_file
+from rlp.runtime.core.manifest import MANIFEST, load_bundle_manifest, model_head, sha256_file
 from rlp.runtime.core.nifti import load_nifti
 from rlp.runtime.core.progress import progress
 from rlp.runtime.core.runfolder import RunFolder
-from rlp.runtime.heatmap import NO_BUNDLE, PATHS, Bundle, default_bundle, demo_slices
+from rlp.runtime.heatmap import HEADS, NO_BUNDLE, Bundle, default_bundle, demo_slices
 
 from . import plots
 from .cases import HELDOUT, LESION, brain_of, find_inputs, heldout_cases, load_case, nifti_cases
@@ -103,7 +103,7 @@ class Bench:
 
     def paths(self, manifest) -> tuple[str, ...]:
         """--paths, or every heatmap path the bundle has (g, r, then its predictor variants r-NAME)."""
-        return self.args.paths or manifest.paths() or PATHS
+        return self.args.paths or manifest.heads() or HEADS
 
     def _rows(self, manifest, run: Path | None) -> tuple[list[Row], list[dict]]:
         args, skipped = self.args, []
@@ -131,7 +131,7 @@ class Bench:
                 row = Row(path, b, requested=requested)
                 if path not in manifest.models:
                     skipped.append({**_ident(row), "reason": f"the bundle has no {path} model"})
-                elif b == "trt" and not any(model_path(e.model) == path for e in manifest.engines):
+                elif b == "trt" and not any(model_head(e.model) == path for e in manifest.engines):
                     skipped.append({**_ident(row), "reason": "the bundle has no TensorRT engine for it"})
                 else:
                     rows.append(row)
@@ -158,7 +158,7 @@ class Bench:
                 return None, None
             maps = []
             for image, spacing, _ in loaded:
-                maps.append(map_record(bundle.heatmap_slice(image, spacing, path="g")))
+                maps.append(map_record(bundle.heatmap_slice(image, spacing, head="g")))
                 bar.advance(task)
         return maps, {"backend": REFERENCE_BACKEND, "model": "g", "precision": "fp32",
                       "where": "computed in the bench's parent process, independently of the rows"}

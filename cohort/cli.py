@@ -20,17 +20,15 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from rlp.runtime import __version__
 from rlp.runtime.core.atomic import NAME_MAX
-from rlp.runtime.backends import BACKENDS
-from rlp.runtime.cli import _coarse, _fraction, _heatmap_path
-from rlp.runtime.core.cliutil import OneLineParser, UsageError, int_at_least, run_main
-from rlp.runtime.core.errors import EX_DATAERR, EX_OK, EX_USAGE, CannotCreate, InputMissing
-from rlp.runtime.core.geometry import SCORES
-from rlp.runtime.heatmap import DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NONFINITE, PRECISIONS, Bundle
-from rlp.runtime.inputs import list_inputs, output_folders
-from rlp.runtime.core.nifti import AXES, nifti_stem
+from rlp.runtime.core.cliutil import UsageError, command_parser, int_at_least, run_main
+from rlp.runtime.core.errors import EX_DATAERR, EX_OK, EX_USAGE, InputMissing
+from rlp.runtime.core.nifti import nifti_stem
 from rlp.runtime.core.progress import progress
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.inputs import list_inputs, output_folders
+from rlp.runtime.options import add_closing_options, add_scoring_options, coarse_settings
+from rlp.runtime.outputs import make_out_folder
 
 from .engines import LocalEngine, RayEngine, drive, split_threads
 from .report import INDEX_CSV, INDEX_JSONL, REPORT_MD, write_index, write_report
@@ -56,9 +54,9 @@ or no bundle; 70 workers could not start; 130 interrupted.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-                      description="Anomaly heatmaps for a cohort of NIfTI volumes, in local worker processes or on a "
-                                  "Ray cluster: resumable, with an index and a report.")
+    p = command_parser(PROG, epilog=EPILOG,
+                       description="Anomaly heatmaps for a cohort of NIfTI volumes, in local worker processes or on a "
+                                   "Ray cluster: resumable, with an index and a report.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="NIfTI files, folders (every NIfTI file below them), quoted globs, or CSV/TSV tables with a "
                         "path column (path, file, image, input or filename; other columns are kept as metadata)")
@@ -73,31 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime threads per worker (default: local, cores / workers; Ray, 1)")
     p.add_argument("--retries", type=int_at_least(0), default=2,
                    help="tries again for a volume whose worker died (default 2)")
-    p.add_argument("--path", type=_heatmap_path, default="r", help="r (default), r-NAME or g, as in rlp-heatmap")
-    p.add_argument("--method", choices=METHODS, default="plain")
-    p.add_argument("--coarse-factor", type=int_at_least(2), default=None, metavar="N")
-    p.add_argument("--refine", type=_fraction, default=None, metavar="F")
-    p.add_argument("--backend", choices=("auto",) + BACKENDS, default="ort-cpu",
-                   help="inference backend of every worker (default ort-cpu)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--score", choices=tuple(SCORES), default=None)
-    p.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH)
-    p.add_argument("--axis", choices=tuple(AXES), default="axial")
-    p.add_argument("--slice", type=int_at_least(0), default=None, metavar="N")
-    p.add_argument("--all-windows", action="store_true")
-    p.add_argument("--save-window-map", action="store_true")
-    p.add_argument("--top-k", type=int_at_least(0), default=DEFAULT_TOP_K, metavar="K")
-    p.add_argument("--nonfinite", choices=NONFINITE, default=None)
-    p.add_argument("--volume-index", type=int_at_least(0), default=None, metavar="N",
-                   help="4D inputs: the volume to use (0-based), as in rlp-heatmap")
-    p.add_argument("--neurological", action="store_true", help="overlays in the neurological convention")
-    p.add_argument("--strict", action="store_true",
-                   help="a volume outside the bundle's training domain fails (a failed row) instead of a warning")
+    # rlp-heatmap's scoring options, from one table (rlp.runtime.options): the same flags, choices and defaults
+    add_scoring_options(p, backend=dict(default="ort-cpu", help="inference backend of every worker (default ort-cpu)"),
+                        strict=dict(help="a volume outside the bundle's training domain fails (a failed row) instead "
+                                         "of a warning"))
     p.add_argument("--report-top", type=int_at_least(1), default=6, metavar="N",
                    help="volumes in the report's montage (default 6)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or messages on stderr")
-    p.add_argument("--json", action="store_true", help="print the cohort's counts and files as JSON on stdout")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_closing_options(p, quiet="no progress bar or messages on stderr",
+                        json="print the cohort's counts and files as JSON on stdout")
     return p
 
 
@@ -117,7 +98,8 @@ def make_tasks(args, out: Path) -> tuple[list[dict], list[dict]]:
         name = (task["out_dir"], nifti_stem(inp.path))
         why = None
         if name in taken:
-            why = f"its outputs would overwrite those of {taken[name]} (same name {name[1]!r} in one folder); rename one"
+            why = (f"its outputs would overwrite those of {taken[name]} (same name {name[1]!r} in one folder); "
+                   "rename one")
         elif len(os.fsencode(name[1] + "_summary.json")) > NAME_MAX:
             why = f"its output names would be longer than the {NAME_MAX} bytes a file name can have; rename it"
         if why:
@@ -139,7 +121,7 @@ def run_cohort(args) -> dict:
     """Run the cohort ``args`` describe; returns the counts and files (the ``--json`` output)."""
     out = Path(args.out)
     settings = settings_of(args)
-    _coarse(args)
+    coarse_settings(args)
     with Bundle.load(args.bundle, backend=args.backend, batch=args.batch, precision=args.precision,
                      score=args.score) as bundle:  # checked once here: usage errors before any worker starts
         bundle.backend(settings.path)
@@ -147,10 +129,7 @@ def run_cohort(args) -> dict:
         spec = BundleSpec(str(bundle.root), bundle.manifest_sha256, args.backend, args.threads, args.batch,
                           args.precision, args.score)
     tasks, failed = make_tasks(args, out)  # a table that cannot be read stops here, before --out is made
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CannotCreate(f"cannot create the output folder ({exc.strerror or exc})", out) from None
+    make_out_folder(out)
     key = settings.key(spec.sha256)
     rows: dict[int, dict] = {r["n"]: {**r, "attempts": 0} for r in failed}
     todo = []

@@ -93,7 +93,7 @@ def write_report(out: Path, rows: list[dict], settings: dict, engine: str, top: 
     done = [r for r in rows if r["status"] in ("ok", "skipped")]
     ranked = sorted(done, key=lambda r: -r["max_score"])
     failed = [r for r in rows if r["status"] == "failed"]
-    md = [f"# Cohort report\n", f"{len(rows)} volumes: {len(done)} done "
+    md = ["# Cohort report\n", f"{len(rows)} volumes: {len(done)} done "
           f"({sum(r['status'] == 'skipped' for r in rows)} of them made by an earlier run with the same bundle and "
           f"settings), {len(failed)} failed. Engine: {engine}. Settings: `{json.dumps(settings)}`.\n"]
     if ranked:

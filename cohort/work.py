@@ -3,7 +3,7 @@
 A :class:`Worker` holds one bundle, loaded once per worker process or Ray actor (its manifest and
 every model file checked against their sha256, and the manifest's sha256 against the one the
 driver saw, so that every volume of a cohort is made by one bundle), and one onnxruntime session
-per path, reused for every volume it is given. :meth:`Worker.run` makes the volume's outputs with
+per head, reused for every volume it is given. :meth:`Worker.run` makes the volume's outputs with
 ``rlp-heatmap``'s own per-input code (the same files, written as one atomic set), then a sidecar
 ``<stem>_cohort.json`` holding the volume's index row and the key of the bundle and settings that
 made it. A rerun skips a volume whose sidecar has the same key and whose outputs all exist
@@ -25,37 +25,27 @@ from pathlib import Path
 from rlp.runtime import __version__
 from rlp.runtime.core.atomic import write_json
 from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, RlpError, one_line
-from rlp.runtime.heatmap import DEFAULT_TOP_K, Bundle
 from rlp.runtime.core.nifti import nifti_stem
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.options import PER_INPUT
 
 SIDECAR = "_cohort.json"
 SIDECAR_SCHEMA = 1
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a volume's outputs depend on besides the bundle (``rlp-heatmap``'s options of the same names)."""
+def _key(self, bundle_sha256: str) -> str:
+    """The sha256 of the bundle's manifest sha256 and these settings: equal keys, equal outputs."""
+    text = json.dumps({"bundle": bundle_sha256, "settings": dataclasses.asdict(self)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
-    path: str = "r"
-    axis: str = "axial"
-    slice: int | None = None
-    method: str = "plain"
-    coarse_factor: int | None = None
-    refine: float | None = None
-    all_windows: bool = False
-    top_k: int = DEFAULT_TOP_K
-    nonfinite: str | None = None
-    score: str | None = None
-    save_window_map: bool = False
-    volume_index: int | None = None
-    neurological: bool = False
-    strict: bool = False
 
-    def key(self, bundle_sha256: str) -> str:
-        """The sha256 of the bundle's manifest sha256 and these settings: equal keys, equal outputs."""
-        text = json.dumps({"bundle": bundle_sha256, "settings": dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+#: What a volume's outputs depend on besides the bundle: ``rlp-heatmap``'s per-input options
+#: (:data:`rlp.runtime.options.PER_INPUT`), by their argparse names and defaults, so that an option added to
+#: rlp-heatmap is a setting here too (and part of the resume key). Frozen; ``key(bundle_sha256)``.
+Settings = dataclasses.make_dataclass(
+    "Settings", [(o.dest, object, dataclasses.field(default=o.default)) for o in PER_INPUT],
+    namespace={"key": _key, "__module__": __name__}, frozen=True)
 
 
 @dataclass(frozen=True)
@@ -132,13 +122,13 @@ class Worker:
 
         A bad volume is a ``failed`` row (not retried: it would fail again); only a lost worker is retried,
         by the driver."""
-        from rlp.runtime.cli import _process  # rlp-heatmap's per-input code: the same outputs, written atomically
+        from rlp.runtime.outputs import process_input  # rlp-heatmap's per-input code: the same outputs, atomically
 
         t0 = time.perf_counter()
         out_dir = Path(task["out_dir"])
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            summary = _process(task["path"], self.args, self.bundle, self.backend, out_dir, {}, None, "")
+            summary = process_input(task["path"], self.args, self.bundle, self.backend, out_dir, {}, None, "")
         except RlpError as exc:
             return failed_row(task, str(exc) if exc.path else f"{task['path']}: {exc}")
         except MemoryError:

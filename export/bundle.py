@@ -38,8 +38,8 @@ from rlp.runtime.core.manifest import (
     ModelEntry,
     TensorSpec,
     file_entry_fields,
+    model_head,
     model_key,
-    model_path,
     model_shapes,
     sha256_file,
 )
@@ -247,12 +247,12 @@ def _healthy(run: Run, manifest: Manifest, folder: Path, n: int, reporter: Repor
     chosen = have[np.unique(np.linspace(0, len(have) - 1, min(n, len(have))).round().astype(int))] if n > 0 else []
     out = {}
     with Bundle(folder, manifest, "", backend="ort-cpu", precision="fp32") as bundle:
-        for path in manifest.paths():
+        for path in manifest.heads():
             tops = []
             what = f"healthy reference: path {path}, {len(chosen)} held-out slices"
             with reporter.step(what, len(chosen)) as advance:
                 for i in chosen:
-                    res = bundle.heatmap_slice(run.images[i], path=path, mask=run.brains[i])
+                    res = bundle.heatmap_slice(run.images[i], head=path, mask=run.brains[i])
                     if not res.empty:
                         tops.append(res.max_score)
                     advance(1)
@@ -287,10 +287,10 @@ def _gate_model(gate: ParityGate, run: Run, model: RunModel, models: dict, engin
     in_name, out_name = IO[model.role]
     reduced = []
     for key, entry in models.items():
-        if model_path(key) == model.key and entry.precision != "fp32":
+        if model_head(key) == model.key and entry.precision != "fp32":
             reduced.append(Candidate(key, _ort_runner(folder / entry.file, out_name), entry.precision))
     for e in engines:
-        if model_path(e.model) == model.key:
+        if model_head(e.model) == model.key:
             from .tensorrt import EngineRunner
 
             runner = EngineRunner(trt_env, folder / e.file, in_name, out_name)

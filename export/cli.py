@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from rlp.runtime.core.cliutil import OneLineParser, comma_subset, int_at_least, run_main
-from rlp.runtime.core.manifest import PATH_PATTERN
+from rlp.runtime.core.manifest import HEAD_PATTERN
 
 PROG = "rlp-export"
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .onnx_export import DEFAULT_OPSET
     from .run import ROLES
 
-    _models = comma_subset(ROLES, PATH_PATTERN, " (and predictor variants r-NAME)")
+    _models = comma_subset(ROLES, HEAD_PATTERN, " (and predictor variants r-NAME)")
     p = OneLineParser(
         prog=PROG,
         description="Export a trained rlp run (G and/or R) to an ONNX bundle for the torch-free runtime, "
@@ -82,7 +82,7 @@ def _export(args: argparse.Namespace) -> int:
     reporter.print(table(result, "parity gate: passed"))
     files = [m.file for m in manifest.models.values()] + [e.file for e in manifest.engines]
     reporter.line(f"wrote {args.out} ({', '.join(['manifest.json'] + files)})")
-    paths = manifest.paths()  # a bundle without R runs on G's path: the hint must work as printed
+    paths = manifest.heads()  # a bundle without R runs on G's path: the hint must work as printed
     path = "" if "r" in paths or not paths else f" --path {paths[0]}"
     reporter.line(f"next: rlp-heatmap SLICE.nii.gz --bundle {shlex.quote(str(args.out))}{path}")
     return 0

@@ -41,6 +41,7 @@ from scipy.stats import spearmanr
 
 from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
+from rlp.runtime.core.kinds import InputKind
 from rlp.runtime.core.progress import Reporter
 from rlp.runtime.scorers import score_windows
 
@@ -239,23 +240,23 @@ class ParityGate:
         }
 
     # ----------------------------------------------------------- inputs
-    def _chunks(self, kind: str, pairs: list[tuple[int, np.ndarray]],
+    def _chunks(self, input_kind: str, pairs: list[tuple[int, np.ndarray]],
                 batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(inputs, original pixels, boxes) in batches, for windows ``boxes`` of slices ``i``."""
-        geo = self.geometry.for_input(kind)
+        geo = self.geometry.for_input(input_kind)
         for i, boxes in pairs:
             padded = geo.pad(self.images[i])
             for s in range(0, len(boxes), batch):
                 b = boxes[s : s + batch]
                 yield geo.crops(padded, b, inpaint=True), geo.crops(padded, b, inpaint=False), b
 
-    def _evaluate(self, role: str, kind: str, runners: dict[str, Runner], pairs, batch: int, what: str,
+    def _evaluate(self, role: str, input_kind: str, runners: dict[str, Runner], pairs, batch: int, what: str,
                   keep_outputs: bool) -> dict[str, dict[str, np.ndarray]]:
         """Run every runner over the windows; returns per runner its outputs and (for G) window losses."""
         n = sum(len(b) for _, b in pairs)
         out = {name: {"outputs": [], "scores": []} for name in runners}
         with self.reporter.step(what, total=n * len(runners)) as advance:
-            if kind == "dense":  # the whole slice once; the window map is the output
+            if input_kind == InputKind.DENSE:  # the whole slice once; the window map is the output
                 for i, boxes in pairs:
                     for name, run in runners.items():
                         maps: list[np.ndarray] = []
@@ -269,11 +270,11 @@ class ParityGate:
                         if keep_outputs:
                             out[name]["outputs"].append(maps[0])
             else:
-                for x, target, boxes in self._chunks(kind, pairs, batch):
+                for x, target, boxes in self._chunks(input_kind, pairs, batch):
                     for name, run in runners.items():
                         y = np.asarray(run(x), dtype=np.float32)
                         if role == "g":  # the box where this model's input has it (crop centre, or in place)
-                            scores = self.geometry.for_input(kind).box_score(y, target, boxes, self.score)
+                            scores = self.geometry.for_input(input_kind).box_score(y, target, boxes, self.score)
                         else:
                             scores = y.reshape(len(x), -1)[:, 0].astype(np.float64)
                         if keep_outputs:
@@ -283,11 +284,11 @@ class ParityGate:
         return {name: {k: np.concatenate(v) if v else np.empty(0) for k, v in d.items()} for name, d in out.items()}
 
     # ------------------------------------------------------------ gate
-    def check(self, role: str, kind: str, side: int, reference: Runner, fp32: Runner,
+    def check(self, role: str, input_kind: str, side: int, reference: Runner, fp32: Runner,
               reduced: list[Candidate] | None = None) -> list[Check]:
         """All parity rows of one model (``role`` "g" or "r"; also the key of its fp32 ONNX model).
 
-        ``kind`` and ``side`` are what the model reads (``"crop"``/``"image"``, its square side);
+        ``input_kind`` and ``side`` are what the model reads (``"crop"``/``"image"``, its square side);
         ``reference`` is the PyTorch model, ``fp32`` the fp32 ONNX in onnxruntime;
         ``reduced`` are fp16 models and TensorRT engines, judged against ``fp32``.
         """
@@ -296,7 +297,7 @@ class ParityGate:
         batch = min([default_batch(side)] + [c.max_batch for c in reduced if c.max_batch])
         pairs = list(zip(self.sample.slices, self.sample.boxes))
         runners = {"torch": reference, key: fp32} | {c.name: c.run for c in reduced}
-        res = self._evaluate(role, kind, runners, pairs, batch,
+        res = self._evaluate(role, input_kind, runners, pairs, batch,
                              f"parity {key}: {sum(len(b) for _, b in pairs)} windows", True)
         out_q = "recon pixels" if role == "g" else "prediction"
         rows = []
@@ -316,7 +317,7 @@ class ParityGate:
         fp16 = [c for c in reduced if c.precision == "fp16"]
         if fp16:
             map_runners = {key: fp32} | {c.name: c.run for c in fp16}
-            maps = self._evaluate(role, kind, map_runners, [(self.map_slice, self.map_boxes)], batch,
+            maps = self._evaluate(role, input_kind, map_runners, [(self.map_slice, self.map_boxes)], batch,
                                   f"window map {key}: slice {self.map_slice}, {len(self.map_boxes)} windows", False)
             for c in fp16:
                 check = Check(c.name, key, f"window map #{self.map_slice}", len(self.map_boxes),

@@ -20,7 +20,7 @@ from rlp.runtime.core.errors import BadInput, InputMissing, RlpError
 from rlp.runtime.core.files import read_json_object, read_npz
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.kinds import InputKind, PredictorKind
-from rlp.runtime.core.manifest import path_role, sha256_file
+from rlp.runtime.core.manifest import head_role, sha256_file
 from rlp.runtime.core.preprocess import Preprocessing
 from rlp.runtime.core.runfolder import MODEL_STAGES, RunFolder
 from rlp.train.checkpoint import load_checkpoint
@@ -50,7 +50,7 @@ class RunModel:
 
     @property
     def role(self) -> str:
-        return path_role(self.key)
+        return head_role(self.key)
 
     @property
     def input_size(self) -> int:

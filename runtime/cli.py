@@ -7,29 +7,22 @@ import contextlib
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from . import __version__
-from .core.atomic import NAME_MAX, write_set
-from .backends import AUTO_ORDER, BACKENDS, TABLE, Backend, available_backends
-from .coarse import NAME as COARSE
-from .coarse import CoarseToFine
-from .core.cliutil import OneLineParser, UsageError, int_at_least, report_internal_error, run_main
-from .core.files import identities, identity_index
-from .core.errors import EX_OK, EX_SOFTWARE, EX_USAGE, BadInput, CannotCreate, RlpError
-from .core.geometry import SCORES
-from .inputs import LAYOUTS, list_inputs, output_folders
-from .heatmap import (DEFAULT_BATCH, DEFAULT_TOP_K, METHODS, NO_BUNDLE, NONFINITE, PRECISIONS, Bundle,
-                      VolumeHeatmap, box_hits, default_bundle, demo_slices)
-from .core.manifest import path_role
-from .core.nifti import AXES, HEATMAP_DESCRIP, LESION_SUFFIX, load_nifti, nifti_stem, out_of_memory, save_like
-from .overlay import MAX_PANELS, Panel, domain_note, heat_label, panel_title, percentile_text, pick_slices, render
+from .backends import TABLE, Backend, available_backends
+from .core.cliutil import UsageError, command_parser, int_at_least, report_internal_error, run_main
+from .core.errors import EX_OK, EX_SOFTWARE, RlpError
+from .core.files import identity_index
+from .core.nifti import out_of_memory
 from .core.progress import progress
+from .demo_table import demo_table
+from .heatmap import NO_BUNDLE, Bundle, default_bundle, demo_slices
+from .inputs import LAYOUTS, list_inputs, output_folders
+from .options import add_closing_options, add_scoring_options, coarse_settings
+from .outputs import make_out_folder, process_input
+from .overlay import MAX_PANELS, percentile_text
 
 PROG = "rlp-heatmap"
 
@@ -72,45 +65,18 @@ data, 66 input or bundle missing, 70 internal or backend failure, 73 cannot crea
 """
 
 
-def _heatmap_path(text: str) -> str:
-    try:
-        path_role(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a heatmap path (g, r or r-NAME)") from None
-    return text
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
-    return v
-
-
-def _coarse(args) -> CoarseToFine | None:
-    """The coarse-to-fine settings (None for the other methods; the options must not be given then)."""
-    given = {k: v for k, v in (("factor", args.coarse_factor), ("refine", args.refine)) if v is not None}
-    if args.method != COARSE:
-        if given:
-            raise RlpError(f"--coarse-factor and --refine apply to --method {COARSE} only", code=EX_USAGE)
-        return None
-    return CoarseToFine(**given)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-                description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
-                            "R predicts each window's score (fast); G computes it (exact, slow): by default how far G's "
-                            "reconstruction of the box is from the tissue in units of the error G expects there on "
-                            "healthy tissue (|x - mu| / b), or the paper's raw L1 (--score l1, path g).")
+    p = command_parser(PROG, epilog=EPILOG,
+                       description="Anomaly heatmaps for brain MRI slices and volumes (NIfTI) from an rlp bundle: "
+                                   "R predicts each window's score (fast); G computes it (exact, slow): by default "
+                                   "how far G's reconstruction of the box is from the tissue in units of the error G "
+                                   "expects there on healthy tissue (|x - mu| / b), or the paper's raw L1 (--score "
+                                   "l1, path g).")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume (or --volume-index); folders (every "
-                        "NIfTI file below them), quoted globs ('scans/**/*.nii.gz') or CSV/TSV tables with a path column; none: the demo "
-                        "slices that ship with rlp (held-out MNI152 slices with synthetic lesions), with a table of "
-                        "top-window hits")
+                   help="NIfTI files (.nii, .nii.gz): 2D, 3D or 4D with one volume (or --volume-index); folders "
+                        "(every NIfTI file below them), quoted globs ('scans/**/*.nii.gz') or CSV/TSV tables with a "
+                        "path column; none: the demo slices that ship with rlp (held-out MNI152 slices with synthetic "
+                        "lesions), with a table of top-window hits")
     p.add_argument("--bundle", metavar="DIR",
                    help="model bundle written by rlp-export (default: the embedded demo bundle)" if default_bundle()
                    else "model bundle written by rlp-export (required: this install has no embedded demo bundle)")
@@ -119,53 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flat: every output in --out; mirror: in --out/<the input's folder, relative to the folder all "
                         "inputs share>, so inputs with one name in different folders cannot collide; auto (default): "
                         "flat unless two inputs have one name")
-    p.add_argument("--path", type=_heatmap_path, default="r",
-                   help="r: the bundle's predictor (default, fast); r-NAME: a predictor variant the bundle also holds; "
-                        "g: G, exact and slow")
-    p.add_argument("--method", choices=METHODS, default="plain",
-                   help="plain (default): every window through the model; incremental: the same scores, recomputing "
-                        "only what each box changes (predictors that read the whole slice, on onnxruntime); "
-                        "coarse-to-fine: APPROXIMATE, a coarse lattice of windows, then exactly only the windows it "
-                        "finds high, the others estimated between them")
-    p.add_argument("--coarse-factor", type=int_at_least(2), default=None, metavar="N",
-                   help=f"coarse-to-fine: score every N-th window row and column first (default {CoarseToFine.factor})")
-    p.add_argument("--refine", type=_fraction, default=None, metavar="F",
-                   help=f"coarse-to-fine: then score exactly the fraction F of the other windows with the highest "
-                        f"estimates (default {CoarseToFine.refine})")
-    p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                   help=f"inference backend (default auto: {', then '.join(AUTO_ORDER)}; --list-backends)")
+    add_scoring_options(p, before={"score": _list_backends, "axis": _threads, "strict": _force})
+    add_closing_options(p, quiet="no progress bar, warnings or notes on stderr",
+                        json="print the summaries as one JSON list on stdout")
+    return p
+
+
+def _list_backends(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-backends", action="store_true",
                    help="print the backends (GPU, auto order, incremental, install) and which are available here")
-    p.add_argument("--score", choices=tuple(SCORES), default=None,
-                   help="the G path's window score (default: the bundle's, normally z: |x - mu| / b, G's error in "
-                        "units of the error it expects on healthy tissue there); l1: the paper's raw L1 (--path g only)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: the bundle's fp16 models on GPU backends, fp32 on the CPU")
-    p.add_argument("--batch", type=int_at_least(1), default=DEFAULT_BATCH, help=f"windows per model call (default {DEFAULT_BATCH})")
-    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads for onnxruntime (default: all cores)")
-    p.add_argument("--axis", choices=tuple(AXES), default="axial",
-                   help="slice orientation for volumes (default axial; single-slice files use their own)")
-    p.add_argument("--slice", type=int_at_least(0), default=None, metavar="N",
-                   help="only the slice with voxel index N along the file axis closest to --axis (as viewers show it)")
-    p.add_argument("--volume-index", type=int_at_least(0), default=None, metavar="N",
-                   help="4D files: use volume N (0-based, along the fourth axis) instead of refusing a file with "
-                        "several volumes; the outputs have the 3D grid")
-    p.add_argument("--all-windows", action="store_true", help="evaluate windows without brain tissue too")
-    p.add_argument("--save-window-map", action="store_true", help="also write <stem>_windows.npy")
-    p.add_argument("--neurological", action="store_true",
-                   help="overlays in the neurological convention (the patient's left on the left); default: "
-                        "radiological (the patient's left on the right), sides marked from the input's affine")
-    p.add_argument("--top-k", type=int_at_least(0), default=DEFAULT_TOP_K, metavar="K",
-                   help=f"windows listed in the summary (default {DEFAULT_TOP_K})")
-    p.add_argument("--nonfinite", choices=NONFINITE, default=None,
-                   help="NaN/Inf voxels: error (default, from the bundle) or zero (replace with 0 and warn)")
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="CPU threads for onnxruntime (default: all cores)")
+
+
+def _force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse an input that fails a training-domain check (exit 65, no output) instead of warning")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings or notes on stderr")
-    p.add_argument("--json", action="store_true", help="print the summaries as one JSON list on stdout")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
 
 
 # --------------------------------------------------------------------------- helpers
@@ -178,93 +115,6 @@ def _say(msg: str) -> None:
     else:
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
-
-def _outputs(out_dir: Path, stem: str, window_map: bool) -> dict[str, Path]:
-    outs = {"heatmap": out_dir / f"{stem}_heatmap.nii.gz", "overlay": out_dir / f"{stem}_overlay.png",
-            "summary": out_dir / f"{stem}_summary.json"}
-    if window_map:
-        outs["windows"] = out_dir / f"{stem}_windows.npy"
-    return outs
-
-
-def _panels(res: VolumeHeatmap) -> list[Panel]:
-    vol, k = res.volume, res.axis
-    scores = [r.max_score for r in res.results]
-    if max(scores, default=0.0) > 0:
-        chosen = pick_slices(scores, MAX_PANELS)
-    else:
-        chosen = sorted(set(np.linspace(0, len(scores) - 1, min(len(scores), MAX_PANELS)).round().astype(int)))
-    spacing = tuple(z for j, z in enumerate(vol.zooms) if j != k)
-    axcodes = tuple(c for j, c in enumerate(vol.axcodes()) if j != k)
-    panels = []
-    for i in chosen:
-        c = vol.file_to_canonical_index(k, res.slices[i])
-        r = res.results[i]
-        title = panel_title(r.max_score, res.slices[i] if len(res.results) > 1 else None)
-        title += percentile_text(r.healthy_percentile)
-        panels.append(Panel(np.take(vol.data, c, axis=k), np.take(res.canonical_heatmap, c, axis=k), spacing,
-                            r.top[0].box if r.top else None, title, axcodes))
-    return panels
-
-
-def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs: dict[str, Path]) -> dict:
-    body = res.summary()
-    warnings = body.pop("warnings")
-    warnings += [n for n in backend.notes if n not in warnings]
-    out = {
-        "rlp_version": __version__,
-        "input": body.pop("input"),
-        "outputs": {k: str(p) for k, p in outputs.items()},
-        "bundle": {**bundle.describe(), "model": backend.model.key, "model_sha256": backend.model.entry.sha256},
-        "backend": backend.describe(),
-        "batch": bundle.batch,
-        "method": args.method,
-        "all_windows": bool(args.all_windows),
-        **body,
-        "warnings": warnings,
-    }
-    if "windows" in outputs:
-        maps = res.window_maps
-        out["window_map"] = {"shape": list(maps.shape if len(res.results) > 1 else maps.shape[1:]),
-                             "axes": ("slice (file index order), " if len(res.results) > 1 else "")
-                             + "window row, window column on the canonical (RAS+) model grid"}
-    return out
-
-
-def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool,
-                   inp: str, lock: Path) -> None:
-    """Write every output of one input, all or nothing, from this process only (core's :func:`write_set`;
-    ``lock``: one per stem, so that two runs into one folder publish one after the other)."""
-    maps = res.window_maps if "windows" in outputs else None
-    writers = {"heatmap": lambda p: save_like(p, res.heatmap, res.volume, force=True),
-               "overlay": lambda p: p.write_bytes(png)}
-    if maps is not None:
-        writers["windows"] = lambda p: _save_npy(p, maps if len(res.results) > 1 else maps[0])
-    writers["summary"] = lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    write_set(outputs, writers, force=force, lock=lock, owner=inp)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would add .npy to a name without it
-        np.save(fh, array, allow_pickle=False)
-
-
-def _overwrites_input(outputs: dict[str, Path], inputs: dict) -> tuple[Path, str] | None:
-    for p in outputs.values():
-        for key in identities(p):
-            if key in inputs:
-                return p, inputs[key]
-    return None
-
-
-def _heatmap_input(inp: str, res: VolumeHeatmap) -> str | None:
-    """Why ``inp`` looks like an rlp heatmap (its name, or the description rlp writes), or None."""
-    if nifti_stem(inp).endswith("_heatmap"):
-        return "its name ends in _heatmap"
-    with contextlib.suppress(Exception):
-        if np.asarray(res.volume.header["descrip"]).tobytes().startswith(HEATMAP_DESCRIP):
-            return f"its header says {HEATMAP_DESCRIP.decode()!r}"
-    return None
 
 @contextlib.contextmanager
 def _progress(quiet: bool):
@@ -279,61 +129,6 @@ def _progress(quiet: bool):
 
 
 # --------------------------------------------------------------------------- main
-def _process(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Path, seen: dict[str, str],
-             progress, label: str, inputs: dict | None = None) -> dict:
-    stem = nifti_stem(inp)
-    outputs = _outputs(out_dir, stem, args.save_window_map)
-    for p in outputs.values():  # checked before any file-system call could fail with ENAMETOOLONG
-        if len(os.fsencode(p.name)) > NAME_MAX:
-            raise CannotCreate(f"its output name {p.name[:24]}...{p.name[-24:]} would be {len(os.fsencode(p.name))} "
-                               f"bytes, more than the {NAME_MAX} a file name can have; rename the input", inp)
-    if stem in seen:
-        raise CannotCreate(f"its outputs would overwrite those of {seen[stem]} (same name {stem!r}); rename one", inp)
-    clash = _overwrites_input(outputs, identity_index([inp]) if inputs is None else inputs)
-    if clash:
-        raise CannotCreate(f"its output {clash[0]} would overwrite the input {clash[1]}; inputs are never "
-                           "overwritten, even with --force (choose another --out)", inp)
-    if not args.force:  # a quick check before the work; the one that counts is made under the lock when writing
-        for p in outputs.values():
-            if os.path.lexists(p):  # a dangling link there is an output too: never replaced without --force
-                raise CannotCreate(f"output {p} exists; pass --force to overwrite", inp)
-    task = None
-    if progress is not None:
-        task = progress.add_task(label, total=None)
-
-    def on_slice(done: int, total: int) -> None:
-        if task is not None:
-            progress.update(task, completed=done, total=total)
-
-    t0 = time.perf_counter()
-    try:
-        res = bundle.heatmap_nifti(inp, volume_index=args.volume_index, axis=args.axis, slice=args.slice,
-                                   path=args.path, all_windows=args.all_windows, top_k=args.top_k,
-                                   nonfinite=args.nonfinite, progress=on_slice, method=args.method,
-                                   coarse=_coarse(args))
-    finally:
-        if task is not None:
-            progress.remove_task(task)
-    if args.strict and res.domain_warnings:
-        raise BadInput(f"outside the bundle's training domain (--strict): {'; '.join(res.domain_warnings)}", inp)
-    t1 = time.perf_counter()
-    name = Path(inp).name
-    score = {"z": "window z score |x - mu| / b", "l1": "window L1 loss"}.get(res.score, f"window {res.score} score")
-    what = f"{score} (G)" if args.path == "g" else f"predicted {score} ({args.path.upper()})"
-    png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=heat_label(what),
-                 with_input=True, radiological=not args.neurological, note=domain_note(res.domain_warnings))
-    summary = _summary(res, bundle, backend, args, outputs)
-    summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
-    summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
-    why = _heatmap_input(inp, res)
-    if why:
-        summary["warnings"].append(f"this looks like an rlp heatmap ({why}), not an MRI: a heatmap of a heatmap; "
-                                   "leave earlier outputs out of the inputs")
-    _write_outputs(outputs, res, png, summary, args.force, inp, out_dir / f".{stem}.lock")
-    seen[stem] = inp
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(PROG, lambda: _main(argv))  # usage and bundle-level errors, Ctrl-C (130), bugs as one line
 
@@ -356,7 +151,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args.done = []
         rc = _run(args)
         if demo:
-            _demo_table(args)
+            demo_table(args)
         return rc
 
 
@@ -365,14 +160,11 @@ def _run(args) -> int:
     bundle = Bundle.load(args.bundle, backend=args.backend, threads=args.threads, batch=args.batch,
                          precision=args.precision, score=args.score)
     backend = bundle.backend(args.path)
-    _coarse(args)  # usage errors before any work
+    coarse_settings(args)  # usage errors before any work
     bundle.check_method(args.path, args.method)  # a usage error for a model it cannot serve; notes join the backend's
     out_dir = Path(args.out)
     made = [p for p in (out_dir, *out_dir.parents) if not os.path.lexists(p)]  # folders this call creates
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CannotCreate(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from None
+    make_out_folder(out_dir)
     try:
         return _run_inputs(args, bundle, backend, out_dir)
     finally:  # every input failed (or an interrupt): no empty folder is left behind by this call
@@ -426,49 +218,6 @@ def _run_inputs(args, bundle: Bundle, backend: Backend, out_dir: Path) -> int:
     return first_failure
 
 
-#: the bundled demo model's measured weakness (runtime/demo/MODEL_CARD.md, the lesion suite of its run, seed 0),
-#: printed under the demo's table while it lasts
-DEMO_WEAKNESS = ("demo model, measured on its lesion suite (model card): R's top window misses lesions G's finds, "
-                 "55/72 against 59/72 (bright uniform 13/15 against 15/15); dark uniform lesions are missed most "
-                 "(R 8/14, G 9/14)")
-
-
-def _demo_table(args) -> None:
-    """The zero-argument demo: where the top window is, and whether it hits the inserted lesion."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"rlp demo: path {args.path}, outputs in {args.out}")
-    for col in ("slice", "lesion", "max score", "healthy pct", "top window (voxel)", "hits lesion"):
-        t.add_column(col, no_wrap=True)
-    hits = n = 0
-    for inp in getattr(args, "done", args.inputs):  # only the inputs this call computed, never an earlier run's
-        summary = Path(args.out) / f"{nifti_stem(inp)}_summary.json"
-        mask_file = Path(inp).with_name(f"{nifti_stem(inp)}{LESION_SUFFIX}.nii.gz")
-        if not summary.is_file() or not mask_file.is_file():
-            continue
-        rep = json.loads(summary.read_text(encoding="utf-8"))
-        top = rep["top_windows"][0] if rep["top_windows"] else None
-        hit = top is not None and box_hits(top["box_slice"], _lesion_slice(load_nifti(mask_file), top["slice"]))
-        hits += hit
-        n += 1
-        t.add_row(Path(inp).name, nifti_stem(inp).rsplit("_", 1)[-1],  # the demo names end in the lesion's kind
-                  f"{rep['max_score']:.4g}", _pct(rep.get("healthy_percentile")),
-                  "-" if top is None else str([round(v) for v in top["voxel"]]), "yes" if hit else "no")
-    if n:
-        t.caption = f"top window in the lesion: {hits}/{n}"
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)  # pipes and logs: no column truncation
-        console.print(t)
-        if args.bundle is None:  # the embedded demo bundle: its known weakness, where its user looks
-            console.print(DEMO_WEAKNESS, soft_wrap=True, markup=False, highlight=False)
-
-
-def _pct(p: float | None) -> str:
-    return "-" if p is None else f"{p:.0f}"
-
-
 def backend_table() -> str:
     """The backend table (:data:`rlp.runtime.backends.TABLE`) as text, with whether each is installed here."""
     here = set(available_backends())
@@ -481,16 +230,10 @@ def backend_table() -> str:
                               "(installed here: its library imports; a GPU is checked when it starts)"])
 
 
-def _lesion_slice(mask, index: int) -> np.ndarray:
-    """The lesion mask's slice with file index ``index`` (along its slice axis), as booleans."""
-    k = mask.slice_axis()
-    return np.take(mask.data, mask.file_to_canonical_index(k, index), axis=k) > 0
-
-
 def _attempt(inp: str, *context) -> tuple[dict, int]:
     """Process one input; a failure is reported in one line and does not stop the others."""
     try:
-        summary = _process(inp, *context)
+        summary = process_input(inp, *context)
         return {**summary, "ok": True}, EX_OK
     except RlpError as exc:
         msg, code = (str(exc) if exc.path else f"{inp}: {exc}"), exc.code

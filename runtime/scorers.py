@@ -25,7 +25,8 @@ import numpy as np
 
 from .core.errors import BadInput
 from .core.geometry import WindowGeometry, iter_batches
-from .core.manifest import REBUILD, ModelEntry, path_role
+from .core.kinds import InputKind
+from .core.manifest import REBUILD, ModelEntry, head_role
 
 DEFAULT_BATCH = 64
 #: how a predictor's output maps to its window score (``ModelEntry.target_transform``)
@@ -42,19 +43,19 @@ def model_geometry(geometry: WindowGeometry, entry: ModelEntry, where=None) -> W
 
 
 def score_windows(image: np.ndarray, geometry: WindowGeometry, boxes: np.ndarray,
-                  predict: Callable[[np.ndarray], np.ndarray], *, path: str = "r", batch: int = DEFAULT_BATCH,
+                  predict: Callable[[np.ndarray], np.ndarray], *, head: str = "r", batch: int = DEFAULT_BATCH,
                   on_batch: Callable[[int], None] | None = None, dense: bool = False, score: str = "l1") -> np.ndarray:
     """Scores of the windows at ``boxes`` (top-left rows, cols) of one model-grid slice.
 
     ``predict`` maps a float32 batch (B, 1, S, S) of inpainted model inputs to
-    R's predicted scores (B, 1) (a predictor path, ``"r"`` or ``"r-NAME"``) or
-    to G's output (B, 1 or 2, S, S) (path ``"g"``, scored by
+    R's predicted scores (B, 1) (a predictor head, ``"r"`` or ``"r-NAME"``) or
+    to G's output (B, 1 or 2, S, S) (head ``"g"``, scored by
     ``geometry.box_score(..., score)`` against the original pixels). With ``dense`` (a dense
     predictor) ``predict`` gets the slice itself once, (1, 1, S, S), and
     returns the window map (1, 1, rows, cols) that the scores are read from.
     """
     try:
-        role = path_role(path)
+        role = head_role(head)
     except ValueError as exc:
         raise ValueError(f"path must be g, r or r-NAME: {exc}") from None
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 2)
@@ -111,21 +112,21 @@ class WindowScorer(ABC):
 
 
 class PlainScorer(WindowScorer):
-    """Every window through ``predict`` (:func:`score_windows`): a model that reads ``input_kind`` for path
-    ``path``, in batches of ``batch`` (a dense predictor: the slice once); G's windows get the ``score``."""
+    """Every window through ``predict`` (:func:`score_windows`): a model that reads ``input_kind`` for head
+    ``head``, in batches of ``batch`` (a dense predictor: the slice once); G's windows get the ``score``."""
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], geometry: WindowGeometry, input_kind: str, *,
-                 path: str = "r", batch: int = DEFAULT_BATCH, score: str = "l1",
+                 head: str = "r", batch: int = DEFAULT_BATCH, score: str = "l1",
                  latencies: list[float] | None = None):
-        self.predict, self.geometry, self.path, self.batch, self.score_kind = predict, geometry, path, batch, score
+        self.predict, self.geometry, self.head, self.batch, self.window_score = predict, geometry, head, batch, score
         self.input_kind = input_kind
         self.model_geometry = geometry.for_input(input_kind)
-        self.dense = input_kind == "dense"
+        self.dense = input_kind == InputKind.DENSE
         self.latencies = [] if latencies is None else latencies
 
     def score(self, image, boxes, *, on_batch=None) -> np.ndarray:
-        return score_windows(image, self.model_geometry, boxes, self.predict, path=self.path, batch=self.batch,
-                             on_batch=on_batch, dense=self.dense, score=self.score_kind)
+        return score_windows(image, self.model_geometry, boxes, self.predict, head=self.head, batch=self.batch,
+                             on_batch=on_batch, dense=self.dense, score=self.window_score)
 
 
 def backend_predict(backend, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Callable:
@@ -140,9 +141,9 @@ def backend_predict(backend, transform: Callable[[np.ndarray], np.ndarray] | Non
     return predict
 
 
-def plain_scorer(backend, geometry: WindowGeometry, path: str, *, batch: int, score: str) -> PlainScorer:
-    """The plain scorer of ``path``'s model on ``backend`` (its latencies are the backend's)."""
+def plain_scorer(backend, geometry: WindowGeometry, head: str, *, batch: int, score: str) -> PlainScorer:
+    """The plain scorer of ``head``'s model on ``backend`` (its latencies are the backend's)."""
     entry = backend.model.entry
-    transform = TARGET_TRANSFORMS[entry.target_transform] if path_role(path) == "r" else None
-    return PlainScorer(backend_predict(backend, transform), geometry, entry.input_kind, path=path,
+    transform = TARGET_TRANSFORMS[entry.target_transform] if head_role(head) == "r" else None
+    return PlainScorer(backend_predict(backend, transform), geometry, entry.input_kind, head=head,
                        batch=min(batch, backend.max_batch or batch), score=score, latencies=backend.latencies)

@@ -31,20 +31,20 @@ def cuda_provider_options(precision: str) -> dict:
     return opts
 
 
-def ort_session_providers(kind: str, precision: str) -> list:
+def ort_session_providers(name: str, precision: str) -> list:
     """The ``providers`` argument of an onnxruntime session for ``ort-cpu`` or ``ort-cuda``."""
-    if kind == "ort-cpu":
+    if name == "ort-cpu":
         return ["CPUExecutionProvider"]
-    if kind == "ort-cuda":
+    if name == "ort-cuda":
         return [("CUDAExecutionProvider", cuda_provider_options(precision)), "CPUExecutionProvider"]
-    raise ValueError(f"not an onnxruntime CPU or CUDA backend: {kind}")
+    raise ValueError(f"not an onnxruntime CPU or CUDA backend: {name}")
 
 
-def _compute_precision(kind: str, precision: str) -> str:
-    """What a session of ``kind`` computes an fp32 or fp16 model in."""
-    if precision != "fp32" or kind == "ort-cpu":
+def _compute_precision(name: str, precision: str) -> str:
+    """What a session of ``name`` computes an fp32 or fp16 model in."""
+    if precision != "fp32" or name == "ort-cpu":
         return precision
-    if kind == "ort-cuda":
+    if name == "ort-cuda":
         return "fp32 (TF32 off: use_tf32=0)"
     if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
         return "fp32 (TF32 off: NVIDIA_TF32_OVERRIDE=0)"
@@ -91,11 +91,11 @@ def ort_session_options(threads: int | None = None, *, spinning: bool = True, ar
     return so
 
 
-def ort_sessions(kind: str, precision: str, threads: int | None = None, **options) -> Callable:
-    """A session factory for backend ``kind`` (``ort-cpu`` or ``ort-cuda``): serialised ONNX bytes -> an
+def ort_sessions(name: str, precision: str, threads: int | None = None, **options) -> Callable:
+    """A session factory for backend ``name`` (``ort-cpu`` or ``ort-cuda``): serialised ONNX bytes -> an
     ``onnxruntime.InferenceSession`` with that backend's providers and :func:`ort_session_options` (``options``)."""
     ort = import_ort()
-    providers = ort_session_providers(kind, precision)
+    providers = ort_session_providers(name, precision)
     so = ort_session_options(threads, **options)
     return lambda data: ort.InferenceSession(data, sess_options=so, providers=list(providers))
 
@@ -112,21 +112,21 @@ def trt_cache_dir() -> Path:
 class OrtBackend(Backend):
     """onnxruntime with one execution provider (CPU, CUDA or TensorRT) first in line."""
 
-    def __init__(self, model: CheckedModel, kind: str = "ort-cpu", *, threads: int | None = None,
+    def __init__(self, model: CheckedModel, name: str = "ort-cpu", *, threads: int | None = None,
                  max_batch: int = 64):
         super().__init__(model)
-        if kind not in ORT_PROVIDER:
-            raise ValueError(f"not an onnxruntime backend: {kind}")
-        self.name = kind
+        if name not in ORT_PROVIDER:
+            raise ValueError(f"not an onnxruntime backend: {name}")
+        self.name = name
         ort = import_ort()
-        want = ORT_PROVIDER[kind]
+        want = ORT_PROVIDER[name]
         available = list(ort.get_available_providers())
         if want not in available:
-            raise Unavailable(f"backend {kind} needs onnxruntime's {want}, which is not available here "
+            raise Unavailable(f"backend {name} needs onnxruntime's {want}, which is not available here "
                               f"(available: {', '.join(available) or 'none'}); "
-                              + ("install onnxruntime-gpu and the CUDA libraries" if kind != "ort-cpu" else
+                              + ("install onnxruntime-gpu and the CUDA libraries" if name != "ort-cpu" else
                                  "reinstall onnxruntime"))
-        providers = self._providers(kind, model, max_batch)
+        providers = self._providers(name, model, max_batch)
         so = ort_session_options(threads)
         # External data (checked by check_model) is resolved next to the model file, so pass the path;
         # otherwise hand over the very bytes whose hash was checked.
@@ -134,25 +134,25 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         except Exception as exc:
-            if kind != "ort-cpu" and _loads_on_cpu(ort, source, so):  # the provider failed, not the model
-                raise Unavailable(f"backend {kind}: onnxruntime could not start {want} ({one_line_capped(exc)}); "
+            if name != "ort-cpu" and _loads_on_cpu(ort, source, so):  # the provider failed, not the model
+                raise Unavailable(f"backend {name}: onnxruntime could not start {want} ({one_line_capped(exc)}); "
                                   "is a GPU present and are the CUDA/TensorRT libraries on the library path?") from None
             raise BadInput(f"onnxruntime cannot load {model.entry.file} ({one_line_capped(exc)}); {REBUILD}",
                            model.bundle) from None
         used = self.session.get_providers()
         if not used or used[0] != want:
-            raise Unavailable(f"backend {kind}: onnxruntime fell back to {used[0] if used else 'nothing'} "
+            raise Unavailable(f"backend {name}: onnxruntime fell back to {used[0] if used else 'nothing'} "
                               f"(is a GPU present and are the CUDA/TensorRT libraries on the library path?)")
         self._check_session_io(model)
-        if kind == "ort-trt":
+        if name == "ort-trt":
             self.max_batch = int(max_batch)  # the TensorRT profile's largest shape
         self.details = {"providers": used, "threads": so.intra_op_num_threads or "default",
-                        "compute_precision": _compute_precision(kind, model.entry.precision)}
+                        "compute_precision": _compute_precision(name, model.entry.precision)}
 
     @staticmethod
-    def _providers(kind: str, model: CheckedModel, max_batch: int) -> list:
-        if kind != "ort-trt":
-            return ort_session_providers(kind, model.entry.precision)
+    def _providers(name: str, model: CheckedModel, max_batch: int) -> list:
+        if name != "ort-trt":
+            return ort_session_providers(name, model.entry.precision)
         cuda = ("CUDAExecutionProvider", cuda_provider_options(model.entry.precision))  # nodes TensorRT does not take
         dims = "x".join(str(d) for d in model.input.shape[1:])
         name = model.input.name

@@ -23,8 +23,8 @@ class Factory(Protocol):
                  max_batch: int) -> Backend: ...
 
 
-def _ort(kind: str) -> Factory:
-    return lambda model, *, threads, engines, max_batch: OrtBackend(model, kind, threads=threads, max_batch=max_batch)
+def _ort(name: str) -> Factory:
+    return lambda model, *, threads, engines, max_batch: OrtBackend(model, name, threads=threads, max_batch=max_batch)
 
 
 def _trt(model: CheckedModel, *, threads, engines, max_batch) -> Backend:
@@ -67,7 +67,7 @@ def available_backends(engines: Sequence[EngineEntry] = ()) -> list[str]:
     return out
 
 
-def create_backend(kind: str, model: CheckedModel | Callable[[str], CheckedModel], *,
+def create_backend(name: str, model: CheckedModel | Callable[[str], CheckedModel], *,
                    threads: int | None = None, engines: Sequence[EngineEntry] = (), max_batch: int = 64) -> Backend:
     """A backend by name, or the best available one for ``"auto"``.
 
@@ -77,19 +77,19 @@ def create_backend(kind: str, model: CheckedModel | Callable[[str], CheckedModel
     :class:`~rlp.runtime.core.errors.Unavailable` is skipped (other errors, such as a
     hash mismatch, are raised), and ``details["auto"]`` says what was picked and why.
     """
-    if kind != "auto":
-        backend_info(kind)
+    if name != "auto":
+        backend_info(name)
     pick = model if callable(model) else (lambda _kind: model)
     skipped: dict[str, str] = {}
-    for k in (AUTO_ORDER if kind == "auto" else (kind,)):
+    for k in (AUTO_ORDER if name == "auto" else (name,)):
         try:
             backend = _REGISTRY[k][1](pick(k), threads=threads, engines=engines, max_batch=max_batch)
         except Unavailable as exc:
-            if kind != "auto":
+            if name != "auto":
                 raise
             skipped[k] = exc.message
             continue
-        if kind == "auto":
+        if name == "auto":
             backend.details["auto"] = {"picked": k, "skipped": skipped}
         return backend
     raise Unavailable("no backend is available: " + "; ".join(f"{k}: {m}" for k, m in skipped.items()))

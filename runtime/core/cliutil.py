@@ -149,6 +149,23 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def command_parser(prog: str, description: str, epilog: str | None = None) -> OneLineParser:
+    """A command's parser: one-line usage errors, and its ``epilog`` (outputs, exit codes) printed as written."""
+    return OneLineParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+                         description=description)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return v
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``low``."""
 

@@ -20,6 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import BadInput
+from .kinds import InputKind
 
 PAINT = ("box", "tissue")
 #: G's window scores (a bundle's manifest names its own in ``loss.kind``): the paper's L1 of the
@@ -91,9 +92,9 @@ class WindowGeometry:
     def for_input(self, input_kind: str) -> "WindowGeometry":
         """The geometry of what a model reads: ``"crop"`` (this geometry's context crops),
         ``"image"`` (the whole inpainted slice) or ``"dense"`` (the whole slice, read once)."""
-        if input_kind == "crop":
+        if input_kind == InputKind.CROP:
             return self
-        if input_kind in ("image", "dense"):
+        if input_kind in (InputKind.IMAGE, InputKind.DENSE):
             return replace(self, context=None)
         raise ValueError(f"unknown model input kind {input_kind!r} (expected 'crop', 'image' or 'dense')")
 

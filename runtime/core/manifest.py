@@ -19,6 +19,7 @@ from pathlib import Path
 from .domain import domain_problem
 from .errors import EX_IOERR, BadInput, InputMissing, RlpError, SecurityRefusal
 from .geometry import SCORES, WindowGeometry, window_positions
+from .kinds import InputKind
 from .preprocess import CEILINGS, Preprocessing
 
 SCHEMA = "rlp.bundle"
@@ -45,12 +46,12 @@ class TensorSpec:
     dtype: str = "float32"
 
 
-#: heatmap paths: ``g``, the default predictor ``r``, and named predictor variants ``r-NAME``
-PATH_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
+#: heatmap heads (``rlp-heatmap --path``): ``g``, the default predictor ``r``, and named predictor variants ``r-NAME``
+HEAD_PATTERN = re.compile(r"g|r(-[a-z0-9]+)?")
 
 
-def model_path(key: str) -> str:
-    """The heatmap path a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
+def model_head(key: str) -> str:
+    """The heatmap head a bundle model serves: its key without a precision suffix (``r_fp16`` serves ``r``)."""
     return key.split("_", 1)[0]
 
 
@@ -58,10 +59,10 @@ def model_path(key: str) -> str:
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16"}
 
 
-def model_key(path: str, precision: str = "fp32") -> str:
-    """The manifest key of ``path``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_path`
-    undoes it."""
-    return path + PRECISION_SUFFIX[precision]
+def model_key(head: str, precision: str = "fp32") -> str:
+    """The manifest key of ``head``'s model at ``precision`` (``r`` and fp16: ``r_fp16``); :func:`model_head` undoes
+    it."""
+    return head + PRECISION_SUFFIX[precision]
 
 
 def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, int],
@@ -74,18 +75,18 @@ def model_shapes(role: str, input_kind: str, side: int, grid_shape: tuple[int, i
     """
     if role == "g":
         out = (g_channels, side, side)
-    elif input_kind == "dense":
+    elif input_kind == InputKind.DENSE:
         out = (1, *grid_shape)
     else:
         out = (1,)
     return (1, side, side), out
 
 
-def path_role(path: str) -> str:
-    """The role (``"g"`` or ``"r"``) of a heatmap path; ValueError for a name that is not a path."""
-    if not isinstance(path, str) or not PATH_PATTERN.fullmatch(path):
-        raise ValueError(f"{path!r} is not a heatmap path (g, r or r-NAME)")
-    return path[0]
+def head_role(head: str) -> str:
+    """The role (``"g"`` or ``"r"``) of a heatmap head; ValueError for a name that is not a head."""
+    if not isinstance(head, str) or not HEAD_PATTERN.fullmatch(head):
+        raise ValueError(f"{head!r} is not a heatmap path (g, r or r-NAME)")
+    return head[0]
 
 
 @dataclass
@@ -99,7 +100,7 @@ class ModelEntry:
     ``"dense"`` (a predictor only: the whole slice, no box painted, read once;
     its output is the window map, ``(batch, 1, rows, cols)``).
 
-    A bundle's models are keyed by heatmap path (see :func:`path_role`), with
+    A bundle's models are keyed by heatmap head (see :func:`head_role`), with
     ``_fp16`` for the fp16 copy of a model.
     """
 
@@ -112,7 +113,7 @@ class ModelEntry:
     opset: int
     precision: str = "fp32"  # "fp32" | "fp16"
     io_dtype: str = "float32"  # dtype of the graph's inputs and outputs
-    input_kind: str = "crop"
+    input_kind: str = InputKind.CROP
     architecture: dict = field(default_factory=dict)
     target_transform: str = "identity"  # how the predictor's output maps to an L1 loss
     # ONNX external-data files of this model (bundle-relative), each {"file", "sha256", "size"}.
@@ -162,11 +163,11 @@ class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
-    def paths(self) -> tuple[str, ...]:
-        """The heatmap paths the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
-        have = {model_path(k) for k in self.models}
-        have = {p for p in have if PATH_PATTERN.fullmatch(p)}
-        return tuple(p for p in ("g", "r") if p in have) + tuple(sorted(have - {"g", "r"}))
+    def heads(self) -> tuple[str, ...]:
+        """The heatmap heads the bundle can run: ``g``, ``r``, then predictor variants ``r-NAME`` (sorted)."""
+        have = {model_head(k) for k in self.models}
+        have = {h for h in have if HEAD_PATTERN.fullmatch(h)}
+        return tuple(h for h in ("g", "r") if h in have) + tuple(sorted(have - {"g", "r"}))
 
     def to_dict(self) -> dict:
         return {

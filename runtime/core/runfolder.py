@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from .manifest import path_role
+from .manifest import head_role
 
 STAGES = ("gan", "predictor")
 #: model key -> (stage, key of the model inside its checkpoint)
@@ -61,7 +61,7 @@ class RunFolder:
         if key in MODEL_STAGES:
             stage, inner = MODEL_STAGES[key]
             return self.checkpoint(stage), stage, inner
-        if path_role(key) == "r":
+        if head_role(key) == "r":
             return self.checkpoint(checkpoint_name("predictor", key[2:])), "predictor", "r"
         raise ValueError(key)
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..backends import CheckedModel, ort_sessions
 from ..core.errors import BadInput, Unavailable, one_line
 from ..core.geometry import WindowGeometry, iter_batches
+from ..core.kinds import InputKind
 from ..core.manifest import REBUILD
 from ..scorers import TARGET_TRANSFORMS, WindowScorer
 from .graph import Stage, helper, image_input, onnx, read_chain, rest_nodes
@@ -128,7 +129,7 @@ class IncrementalScorer(WindowScorer):
             raise ValueError(f"conv must be None, 'gemm', 'delta' or 'crops', not {conv!r}")
         if onnx is None:
             raise Unavailable("incremental scoring needs the onnx package (pip install 'rlp[cpu]')")
-        geometry = geometry.for_input("image")
+        geometry = geometry.for_input(InputKind.IMAGE)
         inp = image_input(model.graph)
         elem = inp.type.tensor_type.elem_type if inp is not None else onnx.TensorProto.FLOAT
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))

@@ -12,7 +12,7 @@ import pytest
 from rlp.bench.metrics import auprc, auroc, best_dice, fidelity
 from rlp.bench.quality import fidelity_block, localisation_block, top_score
 from rlp.bench.report import EXACT_TOLERANCE, add_equality, clean
-from rlp.runtime.heatmap import box_hits
+from rlp.runtime.results import box_hits
 
 EV = np.ones((3, 3), bool)
 

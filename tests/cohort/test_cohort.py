@@ -242,3 +242,36 @@ def test_ray_missing_is_one_line_naming_the_extra(cohort, capsys, tmp_path, monk
     code, _, err = _run(capsys, root / "w.nii.gz", "--bundle", bundle, "--out", tmp_path / "out", "--ray")
     assert code == 70 and err.strip() == ("rlp-cohort: --ray needs the Python package 'ray', which is not installed: "
                                           "pip install -e '.[cpu,scale]'")
+
+
+#: rlp-heatmap's options that choose how the command runs, never what an input's outputs are
+RUN_LEVEL = {"help", "inputs", "bundle", "out", "out_layout", "backend", "list_backends", "precision", "batch",
+             "threads", "force", "quiet", "json", "version"}
+
+
+def test_every_per_input_option_of_rlp_heatmap_is_a_cohort_setting_with_the_same_choices():
+    """A new rlp-heatmap option either chooses how the run goes (RUN_LEVEL) or changes the outputs: then rlp-cohort
+    takes it too, with the same choices and default, and its resume key covers it."""
+    import argparse
+    import dataclasses
+
+    from rlp.cohort.cli import build_parser as cohort_parser
+    from rlp.cohort.work import Settings
+    from rlp.runtime.cli import build_parser as heatmap_parser
+
+    heatmap = {a.dest: a for a in heatmap_parser()._actions if a.dest != argparse.SUPPRESS}
+    cohort = {a.dest: a for a in cohort_parser()._actions}
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    per_input = set(heatmap) - RUN_LEVEL
+    assert per_input >= {"path", "method", "strict", "volume_index", "neurological"}
+    assert set(fields) == per_input  # a missing one would be left out of the cohort's outputs and resume key
+    for dest in per_input | {"backend", "precision", "batch"}:
+        h, c = heatmap[dest], cohort[dest]
+        assert (c.option_strings, c.choices, c.type, c.nargs, c.const) == (h.option_strings, h.choices, h.type,
+                                                                           h.nargs, h.const), dest
+        assert dest == "backend" or c.default == h.default == fields.get(dest, h.default), dest
+    # the resume key of rlp-cohort before its settings came from the table: outputs made then are still skipped
+    sha = "0" * 64
+    assert Settings().key(sha) == "c5e27869904852e6dfe9b5a9d2662a96dfbdeafb52fa8a9966efada6c6fddb8f"
+    assert Settings(top_k=2, path="g", strict=True).key(sha) == (
+        "2b28f534db42abe520945bf20f88aa4988cff93c3201d1d94d98ece26d113c0c")

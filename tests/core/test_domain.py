@@ -108,11 +108,11 @@ def test_the_percentile_is_that_of_the_reference(tmp_path):
     b = _copy_bundle(tmp_path, lambda d: d["domain"]["healthy"].update(r=healthy_reference(reference, "z")))
     sl, _ = _clean_slice()
     with Bundle.load(b) as bundle:
-        res = bundle.heatmap_slice(sl, path="r")
+        res = bundle.heatmap_slice(sl, head="r")
     want = 100.0 * sum(v <= res.max_score for v in reference) / len(reference)
     assert 0 < want < 100 and res.healthy_percentile == pytest.approx(want)
     with Bundle.load(b, score="l1") as bundle:  # a score the reference is not in: no percentile, not a wrong one
-        assert bundle.heatmap_slice(sl, path="g", all_windows=False).healthy_percentile is None
+        assert bundle.heatmap_slice(sl, head="g", all_windows=False).healthy_percentile is None
 
 
 def test_a_manifest_without_the_section_loads_and_skips_the_checks(tmp_path, capsys):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rlp.runtime.core.manifest import PRECISION_SUFFIX, model_key, model_path, model_shapes
+from rlp.runtime.core.manifest import PRECISION_SUFFIX, model_head, model_key, model_shapes
 
 
 @pytest.mark.parametrize("path", ["g", "r", "r-big"])
 @pytest.mark.parametrize("precision", sorted(PRECISION_SUFFIX))
 def test_a_model_key_names_its_path_back(path, precision):
     key = model_key(path, precision)
-    assert model_path(key) == path
+    assert model_head(key) == path
     assert key == (path if precision == "fp32" else f"{path}_fp16")
 
 

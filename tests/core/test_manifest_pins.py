@@ -19,10 +19,10 @@ from rlp.runtime.core.manifest import (
     ModelEntry,
     TensorSpec,
     file_entry_fields,
+    head_role,
     json_depth,
     load_bundle_manifest,
-    model_path,
-    path_role,
+    model_head,
     resolve_inside,
     sha256_file,
     verify_file,
@@ -266,18 +266,18 @@ def test_engines_are_checked():
     assert "malformed manifest (TypeError: " in _problem(d)
 
 
-def test_paths_and_roles():
+def test_heads_and_roles():
     d = _dict()
     e = d["models"]["r"]
     d["models"] = {"r-zeta": e, "r_fp16": e, "g": e, "r-alpha_fp16": e, "r": e, "Bad": e, "r-": e}
-    assert Manifest.from_dict(d).paths() == ("g", "r", "r-alpha", "r-zeta")
+    assert Manifest.from_dict(d).heads() == ("g", "r", "r-alpha", "r-zeta")
     d["models"] = {"r-b": e, "r-a": e}
-    assert Manifest.from_dict(d).paths() == ("r-a", "r-b")
-    assert model_path("r-x_fp16_more") == "r-x" and model_path("g") == "g"
-    assert path_role("g") == "g" and path_role("r-x1") == "r" and path_role("r") == "r"
+    assert Manifest.from_dict(d).heads() == ("r-a", "r-b")
+    assert model_head("r-x_fp16_more") == "r-x" and model_head("g") == "g"
+    assert head_role("g") == "g" and head_role("r-x1") == "r" and head_role("r") == "r"
     for bad in ("R", "r-", "r-X", "gr", "r_fp16", 3, None):
         with pytest.raises(ValueError, match=r"is not a heatmap path \(g, r or r-NAME\)"):
-            path_role(bad)
+            head_role(bad)
 
 
 def test_sha256_of_a_file_read_in_chunks(tmp_path):
@@ -347,7 +347,7 @@ def test_verify_file(tmp_path):
 def test_load_without_verifying_skips_the_hashes(tmp_path):
     b = make_bundle(tmp_path / "b")
     (b / "r.onnx").write_bytes(b"changed")
-    assert load_bundle_manifest(b, verify=False).paths() == ("g", "r")
+    assert load_bundle_manifest(b, verify=False).heads() == ("g", "r")
     with pytest.raises(SecurityRefusal):
         load_bundle_manifest(b)
     with pytest.raises(SecurityRefusal):
@@ -441,7 +441,7 @@ def test_manifest_file_problems_name_the_manifest(tmp_path, monkeypatch):
     b = make_bundle(tmp_path / "b")
     size = (b / MANIFEST).stat().st_size
     monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", size)  # exactly the limit: read
-    assert load_bundle_manifest(b).paths() == ("g", "r")
+    assert load_bundle_manifest(b).heads() == ("g", "r")
     monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", size - 1)
     with pytest.raises(BadInput) as exc:
         load_bundle_manifest(b)

@@ -192,13 +192,34 @@ def test_a_module_importing_itself_is_no_cycle_and_every_module_resolves(module)
     assert module in mods and module not in edges(mods)[module]
 
 
+def _loaded_by(statement: str, which: str) -> list[str]:
+    """The modules a fresh interpreter has loaded after ``statement``, of those where ``which`` (about ``m``) holds."""
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(m for m in sys.modules if {which})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_importing_the_cohort_package_loads_neither_torch_nor_ray():
     """A cohort install needs no PyTorch; Ray is imported only by --ray."""
-    code = ("import sys, rlp.cohort.cli, rlp.cohort.engines, rlp.cohort.report; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or m.startswith(('rlp.train', "
-            "'rlp.export', 'rlp.bench'))))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # ray too: only --ray imports it
+    loaded = _loaded_by("import rlp.cohort.cli, rlp.cohort.engines, rlp.cohort.report",
+                        "m.split('.')[0] in ('torch', 'ray') or m.startswith(('rlp.train', 'rlp.export', 'rlp.bench'))")
+    assert loaded == []  # ray too: only --ray imports it
+
+
+def test_importing_core_loads_no_inference_library_and_the_package_names_stay_importable():
+    """rlp.runtime's __init__ is lazy (PEP 562): a core contract (errors, manifest, the version) loads neither
+    onnxruntime nor onnx nor the runtime's inference modules; the names it lists still import on first use."""
+    loaded = _loaded_by("import rlp.runtime.core.errors, rlp.runtime.core.manifest; "
+                        "from rlp.runtime import __version__",
+                        "m.split('.')[0] in ('onnxruntime', 'onnx', 'torch') "
+                        "or (m.startswith('rlp.runtime.') and not m.startswith('rlp.runtime.core'))")
+    assert loaded == []
+    import rlp.runtime
+
+    assert all(getattr(rlp.runtime, name) is not None for name in rlp.runtime.__all__)
+    with pytest.raises(AttributeError):
+        rlp.runtime.no_such_name  # noqa: B018 (the attribute access is the test)
 
 
 def test_the_whole_command_runs_where_torch_cannot_be_imported(tmp_path):

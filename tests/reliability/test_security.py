@@ -67,7 +67,7 @@ def test_a_pickled_heldout_npz_is_refused_without_side_effect(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "b").exists()
 
 
-def test_external_data_in_a_symlinked_folder_isassert_refused(capsys, tmp_path):
+def test_external_data_in_a_symlinked_folder_is_refused(capsys, tmp_path):
     from helpers.runtime import assert_refused, external_bundle
 
     bundle = make_bundle(tmp_path / "bundle")
@@ -78,7 +78,7 @@ def test_external_data_in_a_symlinked_folder_isassert_refused(capsys, tmp_path):
              "--path", "g")
 
 
-def test_a_custom_operator_hidden_in_a_subgraph_isassert_refused(capsys, tmp_path):
+def test_a_custom_operator_hidden_in_a_subgraph_is_refused(capsys, tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
     evil = custom_domain_model(32)
     proto = r_model(32)

@@ -24,7 +24,7 @@ from rlp.runtime.backends import (
     register_backend,
 )
 from rlp.runtime.core.errors import EX_USAGE, RlpError
-from rlp.runtime.core.manifest import model_key, model_path
+from rlp.runtime.core.manifest import model_head, model_key
 from rlp.runtime.heatmap import Bundle
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -111,4 +111,4 @@ def test_one_builder_of_onnxruntime_session_options():
 
 def test_the_fp16_naming_rule_has_one_home():
     assert model_key("r") == "r" and model_key("r-wide", "fp16") == "r-wide_fp16" and model_key("g", "fp32") == "g"
-    assert all(model_path(model_key(p, q)) == p for p in ("g", "r", "r-wide") for q in ("fp32", "fp16"))
+    assert all(model_head(model_key(p, q)) == p for p in ("g", "r", "r-wide") for q in ("fp32", "fp16"))

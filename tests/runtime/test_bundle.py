@@ -48,14 +48,14 @@ def test_a_valid_bundle_runs(capsys, slice_file, bundle):
     assert summary["bundle"]["model_sha256"] == sha256_file(bundle / "r.onnx")
 
 
-def test_model_hash_mismatch_isassert_refused(capsys, slice_file, bundle):
+def test_model_hash_mismatch_is_refused(capsys, slice_file, bundle):
     raw = bytearray((bundle / "r.onnx").read_bytes())
     raw[-1] ^= 1
     (bundle / "r.onnx").write_bytes(bytes(raw))
     assert_refused(capsys, slice_file, bundle, EX_NOPERM, "sha256")
 
 
-def test_model_size_mismatch_isassert_refused(capsys, slice_file, bundle):
+def test_model_size_mismatch_is_refused(capsys, slice_file, bundle):
     with open(bundle / "r.onnx", "ab") as fh:
         fh.write(b"\0")
     assert_refused(capsys, slice_file, bundle, EX_NOPERM, "bytes, the manifest says")
@@ -72,7 +72,7 @@ def test_model_size_mismatch_isassert_refused(capsys, slice_file, bundle):
     (lambda d: d["models"]["r"].update(role="g"), EX_DATAERR, "has role 'g'"),
     (lambda d: d["models"]["r"]["inputs"][0].update(dtype="int8"), EX_DATAERR, "unsupported dtype"),
 ])
-def test_malformed_manifests_areassert_refused(capsys, slice_file, bundle, mutate, code, words):
+def test_malformed_manifests_are_refused(capsys, slice_file, bundle, mutate, code, words):
     edit_manifest(bundle, mutate, rehash=False)
     assert_refused(capsys, slice_file, bundle, code, words)
 
@@ -91,7 +91,7 @@ def test_missing_bundle_and_missing_files(capsys, slice_file, bundle, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink", "symlinked_manifest", "hardlink"])
-def test_model_paths_leaving_the_bundle_areassert_refused(capsys, slice_file, bundle, tmp_path, where):
+def test_model_paths_leaving_the_bundle_are_refused(capsys, slice_file, bundle, tmp_path, where):
     outside = tmp_path / "outside.onnx"
     outside.write_bytes((bundle / "r.onnx").read_bytes())
     if where == "dotdot":
@@ -128,7 +128,7 @@ def test_external_data_inside_the_bundle_and_listed_is_accepted(capsys, slice_fi
     assert a["max_score"] == b["max_score"] and a["top_windows"] == b["top_windows"]
 
 
-def test_external_data_with_a_changed_hash_isassert_refused(capsys, slice_file, bundle):
+def test_external_data_with_a_changed_hash_is_refused(capsys, slice_file, bundle):
     external_bundle(bundle, "g_weights.bin")
     raw = bytearray((bundle / "g_weights.bin").read_bytes())
     raw[0] ^= 1
@@ -137,7 +137,7 @@ def test_external_data_with_a_changed_hash_isassert_refused(capsys, slice_file, 
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "hardlink", "unlisted", "missing"])
-def test_external_data_outside_the_bundle_isassert_refused(capsys, slice_file, bundle, tmp_path, case):
+def test_external_data_outside_the_bundle_is_refused(capsys, slice_file, bundle, tmp_path, case):
     outside = tmp_path / "stolen.bin"
     if case == "dotdot":
         external_bundle(bundle, "../stolen.bin", write_to=outside, listed=None)
@@ -166,7 +166,7 @@ def test_listed_external_data_behind_a_link_is_refused_by_the_manifest_check(cap
     assert_refused(capsys, slice_file, bundle, EX_NOPERM, "symbolic link", "--path", "g")
 
 
-def test_custom_domain_operators_areassert_refused(capsys, slice_file, bundle):
+def test_custom_domain_operators_are_refused(capsys, slice_file, bundle):
     replace_model(bundle, "r", custom_domain_model(32))
     assert_refused(capsys, slice_file, bundle, EX_NOPERM, "com.example.evil::Evil")
 
@@ -196,7 +196,7 @@ def test_local_functions_of_standard_operators_are_allowed(bundle):
 
 @pytest.mark.parametrize("content, words", [(b"", "empty"), (np.random.default_rng(0).bytes(400), "rebuild"),
                                             (b"\x08\x07", "ONNX checker")])
-def test_garbage_or_empty_onnx_isassert_refused(capsys, slice_file, bundle, content, words):
+def test_garbage_or_empty_onnx_is_refused(capsys, slice_file, bundle, content, words):
     replace_model(bundle, "r", content)
     assert_refused(capsys, slice_file, bundle, EX_DATAERR, words)
 
@@ -323,7 +323,7 @@ def test_trt_engines_for_another_gpu_or_version_are_not_loaded(monkeypatch, bund
     assert Bundle.load(bundle, backend="auto").backend("r").name in ("ort-cpu", "ort-cuda")
 
 
-def test_trt_engine_with_other_tensors_isassert_refused(monkeypatch, bundle):
+def test_trt_engine_with_other_tensors_is_refused(monkeypatch, bundle):
     names = ["input", "loss"]
     engine = types.SimpleNamespace(num_io_tensors=2, get_tensor_name=names.__getitem__)
     monkeypatch.setattr(backends.trt, "_import_trt", lambda: _fake_trt(engine))
@@ -359,8 +359,8 @@ def test_gpu_backend_matches_the_cpu(tmp_path, kind):
     img = phantom((40, 36))
     with Bundle.load(b, backend="ort-cpu") as cpu, Bundle.load(b, backend=kind, precision="fp32") as gpu:
         for path in ("r", "g"):
-            a = cpu.heatmap_slice(img, path=path).window_map
-            c = gpu.heatmap_slice(img, path=path).window_map
+            a = cpu.heatmap_slice(img, head=path).window_map
+            c = gpu.heatmap_slice(img, head=path).window_map
             np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5)
 
 

@@ -106,10 +106,10 @@ def test_g_path_scores_are_the_z_score_of_gs_outputs(z_bundle, tiny_run):
     image = image + (image > 0) * rng.uniform(0, 0.3, image.shape).astype(np.float32)  # not what G saw in training
     with Bundle.load(z_bundle, backend="ort-cpu", threads=1) as b:
         assert b.score == "z"
-        res_z = b.heatmap_slice(image, path="g")
+        res_z = b.heatmap_slice(image, head="g")
         geom, prep = b.manifest.geometry, b.manifest.preprocessing
     with Bundle.load(z_bundle, backend="ort-cpu", threads=1, score="l1") as b:
-        res_l1 = b.heatmap_slice(image, path="g")
+        res_l1 = b.heatmap_slice(image, head="g")
     # independently: G's two outputs from onnxruntime, the box read by hand (the slice is on the model grid)
     x = preprocess_slice(image, prep).image
     boxes = geom.window_boxes()[res_z.evaluated.ravel()]

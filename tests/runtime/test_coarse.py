@@ -108,9 +108,9 @@ def test_bundle_coarse_to_fine_is_labelled_and_top_windows_are_scored(tmp_path):
     b = make_bundle(tmp_path / "b", size=32, window=8, stride=2, context=8, g="mean", r=None)
     img = _slice()
     with Bundle.load(b, backend="ort-cpu") as bundle:
-        plain = bundle.heatmap_slice(img, path="g")
-        approx = bundle.heatmap_slice(img, path="g", method="coarse-to-fine")
-        full = bundle.heatmap_slice(img, path="g", method="coarse-to-fine", coarse=CoarseToFine(refine=1.0))
+        plain = bundle.heatmap_slice(img, head="g")
+        approx = bundle.heatmap_slice(img, head="g", method="coarse-to-fine")
+        full = bundle.heatmap_slice(img, head="g", method="coarse-to-fine", coarse=CoarseToFine(refine=1.0))
     assert plain.approximate is None
     a = approx.approximate
     assert a["method"] == "coarse-to-fine" and a["evaluated"] == plain.n_evaluated and 0 < a["scored"] < a["evaluated"]

@@ -39,7 +39,7 @@ def test_a_v1_bundle_gives_the_maps_it_gave(path):
         want_heat, want_windows = z[f"{path}_heatmap"], z[f"{path}_windows"]
     with Bundle.load(V1, backend="ort-cpu", threads=1) as b:
         assert b.score == "l1"
-        got = b.heatmap_nifti(SLICE, path=path)
+        got = b.heatmap_nifti(SLICE, head=path)
     np.testing.assert_allclose(got.window_maps, want_windows, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got.heatmap, want_heat, rtol=0, atol=1e-6)
 

@@ -14,7 +14,8 @@ import pytest
 
 from helpers import REPO
 from helpers.runtime import synthetic_volume, write_nifti
-from rlp.runtime import cli
+from rlp.runtime import cli, outputs
+from rlp.runtime.demo_table import demo_table
 from rlp.runtime.heatmap import default_bundle, demo_slices
 
 AFF = np.diag([-1.2, 1.0, 2.0, 1.0])  # LAS, anisotropic
@@ -39,13 +40,13 @@ def test_the_figure_says_which_number_is_the_top_window_and_which_the_voxel_mean
     vol, _ = synthetic_volume((30, 34, 6))
     f = write_nifti(tmp_path / "v.nii.gz", vol, AFF)
     drawn = {}
-    render = cli.render
+    render = outputs.render
 
     def spy(panels, **kw):
         drawn.update(kw, panels=panels)
         return render(panels, **kw)
 
-    monkeypatch.setattr(cli, "render", spy)
+    monkeypatch.setattr(outputs, "render", spy)
     rc, _, err = _run([f, "--bundle", bundle, "--out", tmp_path / "o", "--quiet"], capsys)
     assert rc == 0, err
     summary = json.loads((tmp_path / "o" / "v_summary.json").read_text())
@@ -99,7 +100,7 @@ def test_the_demo_states_its_measured_weakness_under_its_table_and_in_the_readme
     rc, _, err = _run([inp, "--out", tmp_path, "--quiet"], capsys)
     assert rc == 0, err
     args = argparse.Namespace(path="r", out=str(tmp_path), inputs=[inp], done=[inp], bundle=None)
-    cli._demo_table(args)
+    demo_table(args)
     out = capsys.readouterr().out
     table_end = out.index("top window in the lesion")
     line = next(ln for ln in out[table_end:].splitlines()[1:] if ln.strip())
@@ -108,7 +109,7 @@ def test_the_demo_states_its_measured_weakness_under_its_table_and_in_the_readme
     demo = " ".join(readme[readme.index("**Demo**"): readme.index("**Tests**")].split())
     assert all(m in demo for m in must)
     args.bundle = str(default_bundle())  # another bundle's demo run: not this model's figures
-    cli._demo_table(args)
+    demo_table(args)
     assert must[0] not in capsys.readouterr().out
 
 

@@ -56,7 +56,7 @@ def _prepared(bundle: Bundle, img=IMG, spacing=(1.0, 1.0)):
 def test_window_map_matches_the_reference(tmp_path, path, context, g_kind, r_kind_input):
     b = make_bundle(tmp_path / "b", context=context, g=g_kind, r_input_kind=r_kind_input)
     with Bundle.load(b, backend="ort-cpu", batch=5) as bundle:
-        res = bundle.heatmap_slice(IMG, path=path, all_windows=True)
+        res = bundle.heatmap_slice(IMG, head=path, all_windows=True)
         prep = _prepared(bundle)
         want = reference_scores(prep.image, bundle.manifest.geometry, path, g_kind, r_kind_input)
     np.testing.assert_allclose(res.window_map, want, rtol=1e-5, atol=1e-6)
@@ -82,7 +82,7 @@ def test_batch_size_does_not_change_the_result(bundle_dir):
     maps = []
     for batch in (1, 7, 64):
         with Bundle.load(bundle_dir, backend="ort-cpu", batch=batch) as bundle:
-            maps.append(bundle.heatmap_slice(IMG, path="g").window_map)
+            maps.append(bundle.heatmap_slice(IMG, head="g").window_map)
     np.testing.assert_array_equal(maps[0], maps[1])
     np.testing.assert_array_equal(maps[0], maps[2])
 
@@ -142,10 +142,10 @@ def test_score_windows_takes_any_predictor():
         seen.append(x.shape)
         return x.mean(axis=(2, 3))
 
-    r = score_windows(img, g, boxes, predict, path="r", batch=3)
+    r = score_windows(img, g, boxes, predict, head="r", batch=3)
     assert seen[0] == (3, 1, 8, 8) and sum(s[0] for s in seen) == 16
     np.testing.assert_allclose(r, reference_scores(img, g, "r").ravel(), rtol=1e-6)
-    ident = score_windows(img, g, boxes, lambda x: x, path="g")
+    ident = score_windows(img, g, boxes, lambda x: x, head="g")
     np.testing.assert_allclose(ident,
                                np.abs(g.fill - img.reshape(4, 4, 4, 4).transpose(0, 2, 1, 3)).mean((2, 3)).ravel(),
                                rtol=1e-6)
@@ -160,7 +160,7 @@ def test_bundle_options_are_validated(bundle_dir):
         assert exc.value.code == EX_USAGE
     with Bundle.load(bundle_dir) as bundle:
         with pytest.raises(RlpError):
-            bundle.heatmap_slice(IMG, path="x")
+            bundle.heatmap_slice(IMG, head="x")
         with pytest.raises(RlpError):
             bundle.heatmap_slice(IMG, nonfinite="maybe")
 
@@ -266,18 +266,18 @@ def test_help_documents_outputs_force_and_exit_codes(capsys):
 
 
 def test_interrupt_while_writing_leaves_nothing(capsys, monkeypatch, tmp_path, bundle_dir):
-    from rlp.runtime import cli
+    from rlp.runtime import outputs
 
     f = write_nifti(tmp_path / "a.nii.gz", phantom((24, 24)))
     out = tmp_path / "o"
-    real = cli.save_like
+    real = outputs.save_like
 
     def save_then_interrupt(*args, **kw):
         real(*args, **kw)
         assert any(out.iterdir())  # the heatmap's temporary file exists at this point
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "save_like", save_then_interrupt)
+    monkeypatch.setattr(outputs, "save_like", save_then_interrupt)
     code, _, err = run_heatmap(capsys, f, "--bundle", bundle_dir, "--out", out, "--quiet")
     assert code == EX_INTERRUPTED and err.strip() == "rlp-heatmap: interrupted"
     assert not out.exists()  # nothing left, not even the folder this call made

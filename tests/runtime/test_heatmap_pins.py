@@ -12,7 +12,9 @@ from rlp.runtime.core.errors import BadInput
 from rlp.runtime.core.geometry import WindowGeometry
 from rlp.runtime.core.manifest import ModelEntry
 from rlp.runtime.core.preprocess import Resampler
-from rlp.runtime.heatmap import Bundle, Window, model_geometry, score_windows, top_windows
+from rlp.runtime.heatmap import Bundle
+from rlp.runtime.results import Window, top_windows
+from rlp.runtime.scorers import model_geometry, score_windows
 
 G = WindowGeometry(16, 4, 4)
 IMG = (np.arange(256, dtype=np.float32).reshape(16, 16) % 7) / 7
@@ -26,7 +28,7 @@ def test_score_windows_of_a_predictor_reads_the_first_output_per_box():
         seen.append((x.shape, x.dtype))
         return np.stack([x.mean(axis=(1, 2, 3)), np.full(len(x), 99.0)], 1)  # (B, 2): the first column counts
 
-    r = score_windows(IMG.astype(np.float64), G, boxes, predict, path="r-abc", batch=5, on_batch=counted.append)
+    r = score_windows(IMG.astype(np.float64), G, boxes, predict, head="r-abc", batch=5, on_batch=counted.append)
     assert [s for s, _ in seen] == [(5, 1, 16, 16)] * 3 + [(1, 1, 16, 16)]
     assert all(d == np.float32 for _, d in seen) and counted == [5, 5, 5, 1]
     assert r.dtype == np.float64 and r.shape == (16,)
@@ -43,19 +45,19 @@ def test_score_windows_of_a_predictor_reads_the_first_output_per_box():
 def test_score_windows_of_g_scores_each_box_against_the_original():
     boxes = G.window_boxes()[[0, 5]]
     recon = np.float32(0.25)
-    l1 = score_windows(IMG, G, boxes, lambda x: np.full_like(x, recon), path="g")
+    l1 = score_windows(IMG, G, boxes, lambda x: np.full_like(x, recon), head="g")
     want = [np.abs(IMG[r:r + 4, c:c + 4] - recon).mean() for r, c in boxes]
     np.testing.assert_allclose(l1, want, rtol=1e-6)
     laplace = lambda x: np.concatenate([np.full_like(x, recon), np.full_like(x, 0.5)], 1)  # noqa: E731 (mu, b)
-    z = score_windows(IMG, G, boxes, laplace, path="g", score="z")
+    z = score_windows(IMG, G, boxes, laplace, head="g", score="z")
     np.testing.assert_allclose(z, [np.abs(IMG[r:r + 4, c:c + 4] - recon).mean() / 0.5 for r, c in boxes], rtol=1e-6)
 
 
 def test_score_windows_refusals():
     with pytest.raises(ValueError, match=r"^path must be g, r or r-NAME: 'x' is not a heatmap path"):
-        score_windows(IMG, G, G.window_boxes(), lambda x: x, path="x")
+        score_windows(IMG, G, G.window_boxes(), lambda x: x, head="x")
     with pytest.raises(ValueError, match="^only a predictor can be dense$"):
-        score_windows(IMG, G, G.window_boxes(), lambda x: x, path="g", dense=True)
+        score_windows(IMG, G, G.window_boxes(), lambda x: x, head="g", dense=True)
     with pytest.raises(ValueError, match=r"^dense predictor returned shape \(1, 1, 3, 4\), expected \(1, 1, 4, 4\)$"):
         score_windows(IMG, G, G.window_boxes(), lambda x: np.zeros((1, 1, 3, 4)), dense=True)
 
@@ -74,7 +76,7 @@ def test_a_dense_predictor_is_read_once_at_the_boxes():
     np.testing.assert_array_equal(calls[0][0, 0], IMG)
     assert got.dtype == np.float64 and counted == [3]
     np.testing.assert_allclose(got, wmap.ravel()[[3, 9, 14]].astype(np.float64))
-    assert score_windows(IMG, G, boxes, predict, path="r-d", dense=True).shape == (3,)
+    assert score_windows(IMG, G, boxes, predict, head="r-d", dense=True).shape == (3,)
 
 
 def test_model_geometry_names_an_unknown_input_kind():

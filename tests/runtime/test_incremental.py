@@ -21,9 +21,9 @@ from rlp.bench.paper_r import paper_r_bundle
 from rlp.bench.report_md import headline_lines
 from rlp.runtime.core.errors import EX_USAGE, RlpError
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.heatmap import Bundle, score_windows
+from rlp.runtime.heatmap import Bundle
 from rlp.runtime.incremental import HOWS, IncrementalScorer, read_chain
-from rlp.runtime.scorers import PlainScorer
+from rlp.runtime.scorers import PlainScorer, score_windows
 
 TOL = 1e-6  # the milestone's bar for fp32 outputs
 GEOM = WindowGeometry(size=30, window=6, stride=4, fill=0.9)  # 7x7 windows, the last ones touch the border
@@ -284,7 +284,7 @@ def test_usage_errors(tmp_path):
         for path, method, words in (("r", "incremental", "reads 'crop'"), ("g", "incremental", "is G"),
                                     ("r", "fast", "method must be one of plain, incremental")):
             with pytest.raises(RlpError) as err:
-                bundle.heatmap_slice(np.ones((32, 32), np.float32), path=path, method=method)
+                bundle.heatmap_slice(np.ones((32, 32), np.float32), head=path, method=method)
             assert err.value.code == EX_USAGE and words in str(err.value)
 
 

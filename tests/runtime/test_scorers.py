@@ -15,8 +15,9 @@ from helpers.runtime import make_bundle, phantom, r_model
 from rlp.runtime.backends import ort_sessions
 from rlp.runtime.coarse import CoarseScorer, CoarseToFine
 from rlp.runtime.core.geometry import WindowGeometry
-from rlp.runtime.heatmap import Bundle, box_hits
+from rlp.runtime.heatmap import Bundle
 from rlp.runtime.incremental import IncrementalScorer
+from rlp.runtime.results import box_hits
 from rlp.runtime.scorers import PlainScorer, WindowScorer, score_windows
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"

@@ -17,7 +17,8 @@ from rlp.runtime.core.errors import EX_DATAERR, EX_USAGE, BadInput  # noqa: E402
 from rlp.runtime.core.geometry import WindowGeometry  # noqa: E402
 from rlp.runtime.core.manifest import load_bundle_manifest  # noqa: E402
 from rlp.runtime.core.preprocess import Preprocessing, preprocess_slice  # noqa: E402
-from rlp.runtime.heatmap import Bundle, score_windows  # noqa: E402
+from rlp.runtime.heatmap import Bundle  # noqa: E402
+from rlp.runtime.scorers import score_windows  # noqa: E402
 from rlp.train import models  # noqa: E402
 from rlp.train.checkpoint import load_checkpoint  # noqa: E402
 from rlp.train.config import resolve  # noqa: E402
@@ -93,7 +94,7 @@ def test_targets_are_what_the_g_heatmap_computes(tiny_run):
         ev = geom.evaluated(brain[k])
         boxes = geom.window_boxes()[ev.ravel()]
         with torch.no_grad():
-            ref = score_windows(img[k], geom, boxes, lambda x: G(torch.from_numpy(x)).numpy(), path="g")
+            ref = score_windows(img[k], geom, boxes, lambda x: G(torch.from_numpy(x)).numpy(), head="g")
         np.testing.assert_allclose(maps[k][ev], ref, rtol=1e-5, atol=1e-7)
         assert np.isnan(maps[k][~ev]).all()
     sub = window_loss_maps(G, img[:1], brain[:1], geom, fraction=0.5, rng=np.random.default_rng(0))
@@ -171,8 +172,8 @@ def test_dense_heatmap_matches_pytorch(dense_bundle, dense_run):
     z = np.load(dense_run / "heldout.npz")
     img = z["images"][0]
     with Bundle.load(dense_bundle, backend="ort-cpu") as b:
-        assert b.manifest.paths() == ("g", "r", "r-dense")
-        res = b.heatmap_slice(img, path="r-dense")
+        assert b.manifest.heads() == ("g", "r", "r-dense")
+        res = b.heatmap_slice(img, head="r-dense")
         geom = b.manifest.geometry
         x = preprocess_slice(img, b.manifest.preprocessing).image  # the heatmap normalises the slice again
     with torch.no_grad():
