@@ -4,8 +4,8 @@
 #
 #   tests/mutation.sh 'rlp.runtime.core.preprocess.*'      # the mutants of one module
 #   tests/mutation.sh                                  # every module in only_mutate (hours)
-#   MUTATE=runtime/manifest.py TESTS="tests/test_manifest_limits.py tests/test_mutation_manifest.py" \
-#       tests/mutation.sh 'rlp.runtime.manifest.*'     # one file mutated (fast generation), a narrow test selection
+#   MUTATE=runtime/core/manifest.py TESTS="tests/core/test_manifest_limits.py tests/core/test_manifest_pins.py" \
+#       tests/mutation.sh 'rlp.runtime.core.manifest.*'  # one file mutated (fast generation), a narrow test selection
 #
 # mutmut names a mutant after the module path of the file it mutates and checks it against the module the
 # tests import, so the packages (runtime/, bench/, ... installed as rlp.runtime, rlp.bench, ...) are copied
@@ -23,7 +23,7 @@ case "$work" in "" | / | "$repo" | "$repo"/*) echo "mutation.sh: refusing to use
 
 rm -rf "$work"
 mkdir -p "$work/src/rlp"
-for pkg in runtime bench export train; do
+for pkg in runtime bench export train cohort; do
     cp -r "$repo/$pkg" "$work/src/rlp/$pkg"
 done
 cp -r "$repo/tests" "$work/tests"
