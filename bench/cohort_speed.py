@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         folder = Path(tmp) / "volumes"
         make_volumes(folder, args.volumes, args.depth)
         configs = [("local, 1 worker x 2 threads", ["--workers", "1", "--threads", "2"]),
-                   ("local, 2 workers x 1 thread", ["--workers", "2", "--threads", "1"])]
+                   ("local, 2 workers x 1 thread", ["--workers", "2", "--threads", "1"]),
+                   ("local, 2 workers x 1 thread, --no-overlay", ["--workers", "2", "--threads", "1", "--no-overlay"])]
         if not args.no_ray:
             configs.append(("Ray (local, 2 CPUs), 2 actors x 1 thread", ["--ray", "--workers", "2", "--threads", "1"]))
         for i, (name, extra) in enumerate(configs):

@@ -83,6 +83,9 @@ SCORING = (
                 "several volumes; the outputs have the 3D grid")),
     Option(("--all-windows",), True, dict(action="store_true", help="evaluate windows without brain tissue too")),
     Option(("--save-window-map",), True, dict(action="store_true", help="also write <stem>_windows.npy")),
+    Option(("--no-overlay",), True, dict(action="store_true",
+           help="leave out <stem>_overlay.png (drawing it is most of an input's time on the R path: "
+                "docs/SCALING.md)")),
     Option(("--neurological",), True, dict(action="store_true",
            help="overlays in the neurological convention (the patient's left on the left); default: "
                 "radiological (the patient's left on the right), sides marked from the input's affine")),

@@ -41,7 +41,7 @@ def process_input(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Pat
     :data:`.options.PER_INPUT` and ``force``; ``seen``: stem -> input of this folder's earlier inputs;
     ``progress``: a rich progress or None; ``inputs``: the identity index of every input, never overwritten)."""
     stem = nifti_stem(inp)
-    outputs = _outputs(out_dir, stem, args.save_window_map)
+    outputs = _outputs(out_dir, stem, args.save_window_map, overlay=not args.no_overlay)
     _check_outputs(inp, outputs, stem, seen, inputs, args.force)
     task = None
     if progress is not None:
@@ -66,8 +66,9 @@ def process_input(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Pat
     name = Path(inp).name
     score = {"z": "window z score |x - mu| / b", "l1": "window L1 loss"}.get(res.score, f"window {res.score} score")
     what = f"{score} (G)" if args.path == "g" else f"predicted {score} ({args.path.upper()})"
-    png = render(_panels(res), title=f"{name}  path {args.path}  {backend.name}", label=heat_label(what),
-                 with_input=True, radiological=not args.neurological, note=domain_note(res.domain_warnings))
+    png = None if "overlay" not in outputs else render(
+        _panels(res), title=f"{name}  path {args.path}  {backend.name}", label=heat_label(what), with_input=True,
+        radiological=not args.neurological, note=domain_note(res.domain_warnings))
     summary = _summary(res, bundle, backend, args, outputs)
     summary["timings"]["render_s"] = round(time.perf_counter() - t1, 4)
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 4)
@@ -100,9 +101,11 @@ def _check_outputs(inp: str, outputs: dict[str, Path], stem: str, seen: dict[str
                 raise CannotCreate(f"output {p} exists; pass --force to overwrite", inp)
 
 
-def _outputs(out_dir: Path, stem: str, window_map: bool) -> dict[str, Path]:
+def _outputs(out_dir: Path, stem: str, window_map: bool, overlay: bool = True) -> dict[str, Path]:
     outs = {"heatmap": out_dir / f"{stem}_heatmap.nii.gz", "overlay": out_dir / f"{stem}_overlay.png",
             "summary": out_dir / f"{stem}_summary.json"}
+    if not overlay:
+        del outs["overlay"]
     if window_map:
         outs["windows"] = out_dir / f"{stem}_windows.npy"
     return outs
@@ -152,13 +155,14 @@ def _summary(res: VolumeHeatmap, bundle: Bundle, backend: Backend, args, outputs
     return out
 
 
-def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes, summary: dict, force: bool,
+def _write_outputs(outputs: dict[str, Path], res: VolumeHeatmap, png: bytes | None, summary: dict, force: bool,
                    inp: str, lock: Path) -> None:
     """Write every output of one input, all or nothing, from this process only (core's :func:`write_set`;
     ``lock``: one per stem, so that two runs into one folder publish one after the other)."""
     maps = res.window_maps if "windows" in outputs else None
-    writers = {"heatmap": lambda p: save_like(p, res.heatmap, res.volume, force=True),
-               "overlay": lambda p: p.write_bytes(png)}
+    writers = {"heatmap": lambda p: save_like(p, res.heatmap, res.volume, force=True)}
+    if png is not None:
+        writers["overlay"] = lambda p: p.write_bytes(png)
     if maps is not None:
         writers["windows"] = lambda p: _save_npy(p, maps if len(res.results) > 1 else maps[0])
     writers["summary"] = lambda p: p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -199,6 +199,20 @@ def test_cli_writes_the_outputs(capsys, tmp_path, bundle_dir):
     assert heat.shape == vol.shape and heat.max() > 0
 
 
+def test_no_overlay_leaves_out_the_png_and_nothing_else(capsys, tmp_path, bundle_dir):
+    f = write_nifti(tmp_path / "v.nii.gz", phantom((30, 26, 3)), np.eye(4))
+    runs = {}
+    for name, extra in (("with", ()), ("without", ("--no-overlay",))):
+        code, _, err = run_heatmap(capsys, f, "--bundle", bundle_dir, "--out", tmp_path / name, "--quiet", *extra)
+        assert code == 0, err
+        runs[name] = tmp_path / name
+    assert sorted(p.name for p in runs["without"].iterdir()) == ["v_heatmap.nii.gz", "v_summary.json"]
+    summary = json.loads((runs["without"] / "v_summary.json").read_text())
+    assert "overlay" not in summary["outputs"]
+    maps = [np.asarray(nib.load(str(runs[n] / "v_heatmap.nii.gz")).dataobj) for n in ("with", "without")]
+    np.testing.assert_array_equal(*maps)  # the same heatmap: only the picture is left out
+
+
 def test_cli_g_path_and_a_single_slice(capsys, tmp_path, bundle_dir):
     f = write_nifti(tmp_path / "v.nii", phantom((24, 24, 6)), np.diag([1, 1, 3, 1.0]))
     out = tmp_path / "o"
