@@ -227,3 +227,18 @@ def test_iter_batches():
     assert list(iter_batches(6, 3)) == [slice(0, 3), slice(3, 6)]
     assert list(iter_batches(2, 5)) == [slice(0, 2)]
     assert list(iter_batches(0, 5)) == []
+
+
+def test_every_window_evaluated_is_a_boolean_map():
+    g = WindowGeometry(16, 4, 4)
+    brain = np.zeros((16, 16), bool)
+    for ev in (g.evaluated(None), g.evaluated(brain, all_windows=True)):
+        assert ev.dtype == bool and ev.shape == g.grid_shape and ev.all()  # a mask: it indexes the window map
+
+
+def test_window_boxes_run_row_major():
+    g = WindowGeometry(16, 4, 4)
+    boxes = g.window_boxes()
+    n = g.grid_shape[1]
+    assert boxes[:n, 0].tolist() == [0] * n and boxes[:n, 1].tolist() == [0, 4, 8, 12]  # the first row first
+    assert boxes[n].tolist() == [4, 0] and boxes[-1].tolist() == [12, 12]
