@@ -60,6 +60,16 @@ def report_internal_error(exc: BaseException) -> str:
     return internal_error(exc)
 
 
+#: what each command can hold less of when it runs out of memory (rlp-heatmap's inputs name their own size)
+OUT_OF_MEMORY = {
+    "rlp-train": "train with smaller batches (--gan-batch, --r-batch)",
+    "rlp-export": "score fewer healthy reference slices (--reference-slices)",
+    "rlp-bench": "use a smaller --batch or fewer --slices",
+    "rlp-cohort": "run fewer --workers",
+    "": "give it smaller inputs",
+}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that the cleanups written for Ctrl-C run."""
 
@@ -89,7 +99,7 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EX_INTERRUPTED
     except MemoryError:
-        print(f"{prog}: out of memory", file=sys.stderr)
+        print(f"{prog}: out of memory; free memory, or {OUT_OF_MEMORY.get(prog, OUT_OF_MEMORY[''])}", file=sys.stderr)
         return EX_SOFTWARE
     except BrokenPipeError:
         # Output closed early (e.g. piped into head): not an error of ours.

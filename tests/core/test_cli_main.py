@@ -111,6 +111,17 @@ def test_run_main_names_a_missing_optional_package_and_calls_any_other_missing_m
     assert capsys.readouterr().err == f"p: internal error: ModuleNotFoundError: No module named 'rlp.nothing'; {HINT}\n"
 
 
+@pytest.mark.parametrize("prog, words", [("rlp-train", "--gan-batch"), ("rlp-bench", "--batch"),
+                                         ("rlp-export", "--reference-slices"), ("rlp-cohort", "--workers")])
+def test_out_of_memory_says_what_to_hold_less_of(prog, words, capsys):
+    def body():
+        raise MemoryError
+
+    assert cliutil.run_main(prog, body) == EX_SOFTWARE
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: out of memory; free memory, or ") and words in err[0]
+
+
 def test_help_returns_0_from_run_main(capsys):
     import rlp.runtime.cli
 
