@@ -23,6 +23,8 @@ from rlp.runtime.core.manifest import (
     json_depth,
     load_bundle_manifest,
     model_head,
+    model_key,
+    model_shapes,
     resolve_inside,
     sha256_file,
     verify_file,
@@ -579,3 +581,41 @@ def test_a_tensor_without_a_shape_is_malformed_and_external_data_is_optional():
 def test_json_depth_counts_only_brackets():
     assert json_depth("X[[1]]X") == 2  # letters (of broken JSON) outside strings are not brackets
     assert json_depth("[1]X[2]") == 1
+
+
+# -- found by the re-run after issue 19's reorganisation: the domain section, model_key's default, model_shapes
+def _domain() -> dict:
+    import numpy as np
+
+    from rlp.runtime.core.domain import training_domain
+
+    images = np.random.default_rng(0).random((6, 32, 32)).astype(np.float32)
+    brains = np.zeros((6, 32, 32), bool)
+    brains[:, 8:24, 8:24] = True
+    return json.loads(json.dumps(training_domain(images, brains, "axial").to_dict()))
+
+
+def test_the_domain_section_round_trips_and_is_left_out_when_absent():
+    d = _dict()
+    assert "domain" not in d and Manifest.from_dict(d).domain is None
+    d["domain"] = _domain()
+    man = Manifest.from_dict(d)
+    assert man.domain == d["domain"] and man.to_dict()["domain"] == d["domain"]
+
+
+@pytest.mark.parametrize("bad, words", [(5, "domain is not an object"),
+                                        ({"version": 99}, "domain.version 99 is not 1")])
+def test_a_malformed_domain_section_is_refused(bad, words):
+    d = _dict()
+    d["domain"] = bad
+    assert words in _problem(d)
+
+
+def test_model_keys_and_shapes():
+    assert model_key("r") == "r" and model_key("r-x", "fp16") == "r-x_fp16"
+    assert model_head(model_key("g", "fp16")) == "g"
+    assert model_shapes("g", "crop", 64, (8, 8)) == ((1, 64, 64), (1, 64, 64))  # one image unless told
+    assert model_shapes("g", "crop", 64, (8, 8), g_channels=2)[1] == (2, 64, 64)  # a Laplace G: mean and scale
+    assert model_shapes("r", "dense", 128, (29, 31)) == ((1, 128, 128), (1, 29, 31))  # the window map
+    assert model_shapes("r", "crop", 64, (29, 29)) == ((1, 64, 64), (1,))  # one loss per window
+
