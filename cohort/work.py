@@ -18,13 +18,12 @@ import hashlib
 import json
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlp.runtime import __version__
 from rlp.runtime.core.atomic import write_json
-from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, RlpError, one_line
+from rlp.runtime.core.errors import EX_SOFTWARE, BadInput, RlpError
 from rlp.runtime.core.nifti import nifti_stem
 from rlp.runtime.heatmap import Bundle
 from rlp.runtime.options import PER_INPUT
@@ -122,21 +121,15 @@ class Worker:
 
         A bad volume is a ``failed`` row (not retried: it would fail again); only a lost worker is retried,
         by the driver."""
-        from rlp.runtime.outputs import process_input  # rlp-heatmap's per-input code: the same outputs, atomically
+        from rlp.runtime.outputs import failure, process_input  # rlp-heatmap's per-input code and messages
 
         t0 = time.perf_counter()
         out_dir = Path(task["out_dir"])
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             summary = process_input(task["path"], self.args, self.bundle, self.backend, out_dir, {}, None, "")
-        except RlpError as exc:
-            return failed_row(task, str(exc) if exc.path else f"{task['path']}: {exc}")
-        except MemoryError:
-            return failed_row(task, f"{task['path']}: out of memory (try a smaller --batch)")
-        except Exception as exc:  # a bug: one line (RLP_DEBUG=1 prints the traceback in the worker)
-            if os.environ.get("RLP_DEBUG"):
-                traceback.print_exc()
-            return failed_row(task, f"{task['path']}: internal error ({type(exc).__name__}: {one_line(exc)[:300]})")
+        except Exception as exc:  # a bad volume, out of memory, or a bug: one line (RLP_DEBUG=1: its traceback)
+            return failed_row(task, failure(task["path"], exc)[0])
         row = _row(task, summary, time.perf_counter() - t0)
         write_json(sidecar_of(out_dir, task["path"]),
                    {"schema": SIDECAR_SCHEMA, "rlp_version": __version__, "key": self.key,

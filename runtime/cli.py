@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Sequence
 
 from .backends import TABLE, Backend, available_backends
-from .core.cliutil import UsageError, command_parser, int_at_least, report_internal_error, run_main
-from .core.errors import EX_OK, EX_SOFTWARE, RlpError
+from .core.cliutil import UsageError, command_parser, int_at_least, run_main
+from .core.errors import EX_OK
 from .core.files import identity_index
-from .core.nifti import out_of_memory
 from .core.progress import progress
 from .demo_table import demo_table
 from .heatmap import NO_BUNDLE, Bundle, default_bundle, demo_slices
 from .inputs import LAYOUTS, list_inputs, output_folders
 from .options import add_closing_options, add_scoring_options, coarse_settings
-from .outputs import make_out_folder, process_input
+from .outputs import failure, make_out_folder, process_input
 from .overlay import MAX_PANELS, percentile_text
 
 PROG = "rlp-heatmap"
@@ -235,12 +234,8 @@ def _attempt(inp: str, *context) -> tuple[dict, int]:
     try:
         summary = process_input(inp, *context)
         return {**summary, "ok": True}, EX_OK
-    except RlpError as exc:
-        msg, code = (str(exc) if exc.path else f"{inp}: {exc}"), exc.code
-    except MemoryError:
-        msg, code = f"{inp}: {out_of_memory(inp)}", EX_SOFTWARE
-    except Exception as exc:  # a bug: one line, the traceback only on request
-        msg, code = f"{inp}: {report_internal_error(exc)}", EX_SOFTWARE
+    except Exception as exc:  # one input: a user error, out of memory, a bug (Ctrl-C and SIGTERM stop the run)
+        msg, code = failure(inp, exc)
     _say(msg)
     return {"input": inp, "ok": False, "error": msg, "exit_code": code}, code
 

@@ -18,9 +18,10 @@ import numpy as np
 from . import __version__
 from .backends import Backend
 from .core.atomic import NAME_MAX, write_set
-from .core.errors import BadInput, CannotCreate
+from .core.cliutil import report_internal_error
+from .core.errors import EX_SOFTWARE, BadInput, CannotCreate, RlpError
 from .core.files import identities, identity_index
-from .core.nifti import HEATMAP_DESCRIP, nifti_stem, save_like
+from .core.nifti import HEATMAP_DESCRIP, nifti_stem, out_of_memory, save_like
 from .heatmap import Bundle
 from .options import coarse_settings
 from .overlay import MAX_PANELS, Panel, domain_note, heat_label, panel_title, percentile_text, pick_slices, render
@@ -79,6 +80,17 @@ def process_input(inp: str, args, bundle: Bundle, backend: Backend, out_dir: Pat
     _write_outputs(outputs, res, png, summary, args.force, inp, out_dir / f".{stem}.lock")
     seen[stem] = inp
     return summary
+
+
+def failure(inp: str, exc: Exception) -> tuple[str, int]:
+    """Why one input failed, as one line naming it, and the exit code: a user error as it says, running out of
+    memory with the input's size and what to do, anything else as an internal error (its traceback on stderr
+    only when asked for). rlp-heatmap reports it and goes on; rlp-cohort records it in the input's row."""
+    if isinstance(exc, RlpError):
+        return (str(exc) if exc.path else f"{inp}: {exc}"), exc.code
+    if isinstance(exc, MemoryError):
+        return f"{inp}: {out_of_memory(inp)}", EX_SOFTWARE
+    return f"{inp}: {report_internal_error(exc)}", EX_SOFTWARE
 
 
 def _check_outputs(inp: str, outputs: dict[str, Path], stem: str, seen: dict[str, str], inputs: dict | None,
